@@ -1,0 +1,56 @@
+package v1alpha1
+
+// ConditionReady is the summary condition every HelixFlow kind carries, so that
+// `kubectl wait --for=condition=Ready` and Argo CD health checks work the same on all of them.
+const ConditionReady = "Ready"
+
+// Reasons shared by several kinds.
+const (
+	// ReasonReconciling means the controller has seen the latest generation and is still acting on it.
+	ReasonReconciling = "Reconciling"
+	// ReasonReconcileError means the controller failed to act on the object; the message says why.
+	ReasonReconcileError = "ReconcileError"
+)
+
+// Labels and annotations HelixFlow puts on the objects it creates or reads.
+const (
+	// LabelManagedBy marks objects the manager owns, so its caches can watch only those.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	// ManagedByValue is the value of LabelManagedBy on HelixFlow's objects.
+	ManagedByValue = "helixflow"
+	// LabelInferenceModel names the InferenceModel a pod or child object belongs to.
+	LabelInferenceModel = "serving.helixflow.io/inference-model"
+	// LabelGPUPool names the GPUPool a pod or child object belongs to.
+	LabelGPUPool = "serving.helixflow.io/gpu-pool"
+	// LabelApiKey names the ApiKey a Secret belongs to.
+	LabelApiKey = "serving.helixflow.io/api-key"
+	// AnnotationRotate requests a new key for an ApiKey when its value changes.
+	AnnotationRotate = "serving.helixflow.io/rotate"
+)
+
+// LocalSecretReference names a Secret in the same namespace as the object that refers to it.
+type LocalSecretReference struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+}
+
+// SecretKeyReference names one key of a Secret in the same namespace.
+type SecretKeyReference struct {
+	// name of the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// key inside the Secret's data.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
+}
