@@ -76,5 +76,5 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint.
 $(CONTROLLER_GEN): hack/tools/go.mod
 	cd hack/tools && $(GO) build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
 
-$(GOLANGCI_LINT): hack/tools/go.mod
-	cd hack/tools && $(GO) build -o $(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+$(GOLANGCI_LINT): hack/lint/go.mod
+	cd hack/lint && $(GO) build -o $(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint

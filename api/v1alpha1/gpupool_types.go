@@ -92,7 +92,7 @@ type GPUPoolSpec struct {
 }
 
 // GPUProbeSpec configures the per-node NVML probe.
-// +kubebuilder:validation:XValidation:rule="duration(self.interval) >= duration('10s') && duration(self.interval) <= duration('1h')",message="interval must be between 10s and 1h",fieldPath=".interval"
+// +kubebuilder:validation:XValidation:rule="!has(self.interval) || (duration(self.interval) >= duration('10s') && duration(self.interval) <= duration('1h'))",message="interval must be between 10s and 1h",fieldPath=".interval"
 type GPUProbeSpec struct {
 	// enabled runs the probe DaemonSet on the pool's nodes.
 	// +optional
@@ -105,7 +105,7 @@ type GPUProbeSpec struct {
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
-	Interval metav1.Duration `json:"interval,omitempty"`
+	Interval *metav1.Duration `json:"interval,omitempty"`
 }
 
 // GPUPoolStatus is what the controller observed about the pool's nodes.

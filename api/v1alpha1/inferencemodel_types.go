@@ -101,7 +101,7 @@ type InferenceModelSpec struct {
 
 	// engine is the inference engine that runs the weights.
 	// +optional
-	// +kubebuilder:default={}
+	// +kubebuilder:default={type: VLLM, port: 8000}
 	Engine EngineSpec `json:"engine,omitempty"`
 
 	// gpu says how many GPUs of which pool each replica needs.

@@ -1,0 +1,45 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func TestExecute(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout []string
+		wantStderr []string
+	}{
+		{name: "help lists the subcommands", args: []string{"--help"}, wantCode: ExitOK, wantStdout: []string{"serve", "probe", "fetch"}},
+		{name: "serve help documents its flags", args: []string{"serve", "--help"}, wantCode: ExitOK, wantStdout: []string{"--http-address", "--grpc-address", "--usage-endpoint"}},
+		{name: "probe help documents its flags", args: []string{"probe", "--help"}, wantCode: ExitOK, wantStdout: []string{"--node-name"}},
+		{name: "fetch help documents its flags", args: []string{"fetch", "--help"}, wantCode: ExitOK, wantStdout: []string{"--uri", "--dest"}},
+		{name: "serve is not implemented yet", args: []string{"serve"}, wantCode: ExitNotImplemented, wantStderr: []string{"serve", "not implemented yet"}},
+		{name: "probe is not implemented yet", args: []string{"probe", "--node-name=n1"}, wantCode: ExitNotImplemented, wantStderr: []string{"probe", "not implemented yet"}},
+		{name: "fetch is not implemented yet", args: []string{"fetch", "--uri=hf://a/b"}, wantCode: ExitNotImplemented, wantStderr: []string{"fetch", "not implemented yet"}},
+		{name: "unknown subcommand", args: []string{"train"}, wantCode: ExitError, wantStderr: []string{"unknown command"}},
+		{name: "unknown flag", args: []string{"serve", "--bogus"}, wantCode: ExitError, wantStderr: []string{"unknown flag"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := Execute(tc.args, &stdout, &stderr); code != tc.wantCode {
+				t.Errorf("exit code = %d, want %d (stderr %q)", code, tc.wantCode, stderr.String())
+			}
+			for _, want := range tc.wantStdout {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("stdout lacks %q:\n%s", want, stdout.String())
+				}
+			}
+			for _, want := range tc.wantStderr {
+				if !strings.Contains(stderr.String(), want) {
+					t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+				}
+			}
+		})
+	}
+}
