@@ -9,9 +9,6 @@ TOOLS_BIN := $(CURDIR)/hack/tools/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 GOLANGCI_LINT  := $(TOOLS_BIN)/golangci-lint
 
-# Where `make test-binaries` puts etcd, kube-apiserver, kubectl, kwok...; shared by clones.
-TESTBIN_DIR = $(shell hack/testbin/build.sh)
-
 GO_TEST_FLAGS ?=
 
 .PHONY: all
@@ -53,11 +50,13 @@ run: ## Run the manager against the cluster in KUBECONFIG (metrics :8080, probes
 
 .PHONY: test-binaries
 test-binaries: ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok (once).
-	@echo "test binaries in $(TESTBIN_DIR)"
+	@dir=$$(hack/testbin/build.sh); echo "test binaries in $$dir"
 
 .PHONY: test
 test: ## Run all tests against a real API server (builds the test binaries first). Rewrites nothing.
-	KUBEBUILDER_ASSETS="$(TESTBIN_DIR)" $(GO) test $(GO_TEST_FLAGS) ./... 
+	@dir=$$(hack/testbin/build.sh); \
+	echo "KUBEBUILDER_ASSETS=$$dir go test $(GO_TEST_FLAGS) ./..."; \
+	KUBEBUILDER_ASSETS="$$dir" $(GO) test $(GO_TEST_FLAGS) ./...
 
 .PHONY: verify
 verify: generate manifests ## Regenerate, then fail on any diff; gofmt, go vet, golangci-lint, tidy.

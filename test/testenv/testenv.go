@@ -196,8 +196,11 @@ func moduleDir(root, module string) (string, error) {
 		return "", fmt.Errorf("locating module %s: %w: %s", module, err, stderr.String())
 	}
 	var info struct{ Dir string }
-	if err := json.Unmarshal(out, &info); err != nil || info.Dir == "" {
-		return "", fmt.Errorf("locating module %s: unexpected go mod download output: %v", module, err)
+	if err := json.Unmarshal(out, &info); err != nil {
+		return "", fmt.Errorf("locating module %s: parsing go mod download output: %w", module, err)
+	}
+	if info.Dir == "" {
+		return "", fmt.Errorf("locating module %s: go mod download reported no folder", module)
 	}
 	return info.Dir, nil
 }
