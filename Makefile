@@ -29,7 +29,7 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 .PHONY: manifests
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and markers.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
-	$(CONTROLLER_GEN) rbac:roleName=helixflow-manager paths="./cmd/...;./internal/..." output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=helixflow-manager paths="./cmd/...;./internal/...;./controllers/..." output:rbac:artifacts:config=config/rbac
 
 .PHONY: fmt
 fmt: ## Format the code (rewrites files; `make verify` only checks).

@@ -4,11 +4,15 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"os"
+	"strings"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/controllers"
 	"github.com/helixflow/helixflow/internal/manager"
 )
 
@@ -22,6 +26,24 @@ func main() {
 		"Elect a leader among manager replicas so only one reconciles at a time.")
 	flag.StringVar(&opts.Namespace, "namespace", opts.Namespace,
 		"The manager's own namespace (default from POD_NAMESPACE, else "+manager.DefaultNamespace+").")
+	cfg := controllers.DefaultConfig()
+	flag.StringVar(&cfg.RuntimeImage, "runtime-image", cfg.RuntimeImage,
+		"Image of the runtime binary (runtime serve and runtime fetch) in model pods.")
+	flag.Func("engine-image", "Default image of an engine type, as TYPE=IMAGE (repeatable), e.g. VLLM=vllm/vllm-openai:v0.11.0.",
+		func(v string) error {
+			typ, img, ok := strings.Cut(v, "=")
+			if !ok || img == "" {
+				return fmt.Errorf("want TYPE=IMAGE, got %q", v)
+			}
+			if _, known := cfg.EngineImages[servingv1alpha1.EngineType(typ)]; !known {
+				return fmt.Errorf("unknown engine type %q", typ)
+			}
+			cfg.EngineImages[servingv1alpha1.EngineType(typ)] = img
+			return nil
+		})
+	flag.StringVar(&cfg.UsageEndpoint, "usage-endpoint", cfg.UsageEndpoint,
+		"Address of the manager's usage aggregator that runtimes report to.")
+	flag.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "The cluster's DNS domain, for in-cluster URLs.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	// --kubeconfig is registered on flag.CommandLine by controller-runtime; KUBECONFIG and
@@ -29,12 +51,13 @@ func main() {
 	flag.Parse()
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
-	cfg, err := ctrl.GetConfig()
+	restCfg, err := ctrl.GetConfig()
 	if err != nil {
 		ctrl.Log.Error(err, "loading kubeconfig")
 		os.Exit(1)
 	}
-	if err := manager.Run(ctrl.SetupSignalHandler(), cfg, opts); err != nil {
+	opts.Setup = append(opts.Setup, func(mgr ctrl.Manager) error { return controllers.Setup(mgr, cfg) })
+	if err := manager.Run(ctrl.SetupSignalHandler(), restCfg, opts); err != nil {
 		ctrl.Log.Error(err, "manager exited")
 		os.Exit(1)
 	}

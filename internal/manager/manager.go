@@ -11,11 +11,20 @@ import (
 	"os"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/scheme"
 )
 
@@ -42,6 +51,9 @@ type Options struct {
 	Namespace string
 	// GracefulShutdownTimeout bounds how long runnables get to stop.
 	GracefulShutdownTimeout time.Duration
+	// SkipControllerNameValidation allows several managers with the same controllers in one
+	// process, which only tests do (a manager restart within one test binary).
+	SkipControllerNameValidation bool
 	// Setup registers reconcilers and other runnables on the manager before it starts.
 	Setup []func(ctrl.Manager) error
 }
@@ -75,6 +87,8 @@ func New(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 		LeaderElectionNamespace:       opts.Namespace,
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &shutdown,
+		Cache:                         cacheOptions(),
+		Controller:                    config.Controller{SkipNameValidation: ptr.To(opts.SkipControllerNameValidation)},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)
@@ -97,6 +111,24 @@ func New(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
+}
+
+// cacheOptions limits the informers to what HelixFlow owns: pods, Secrets, ConfigMaps and
+// the workload objects the manager creates are cached only when they carry the managed-by
+// label, so the manager's memory does not grow with the rest of the cluster.
+func cacheOptions() cache.Options {
+	owned := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{
+		servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue,
+	})}
+	return cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Pod{}:                   owned,
+		&corev1.Secret{}:                owned,
+		&corev1.ConfigMap{}:             owned,
+		&corev1.Service{}:               owned,
+		&corev1.ServiceAccount{}:        owned,
+		&appsv1.Deployment{}:            owned,
+		&policyv1.PodDisruptionBudget{}: owned,
+	}}
 }
 
 // Run builds the manager and blocks until ctx is done or the manager fails.

@@ -1,0 +1,59 @@
+// Package controllers holds HelixFlow's reconcilers and the pure builders of the objects
+// they own. Builders take the desired state and return objects; they do no I/O, so they
+// are table-tested without a cluster.
+package controllers
+
+import (
+	"fmt"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+)
+
+// FieldOwner is the server-side apply field manager of everything the manager writes.
+const FieldOwner = "helixflow-manager"
+
+// Config is the manager-wide configuration the reconcilers need. It comes from manager
+// flags so images and addresses are never literals scattered through the code.
+type Config struct {
+	// RuntimeImage runs `runtime serve` and `runtime fetch` in model pods.
+	RuntimeImage string
+	// EngineImages is the default image per engine type (Custom has none).
+	EngineImages map[servingv1alpha1.EngineType]string
+	// UsageEndpoint is the manager's usage aggregator address given to runtimes.
+	UsageEndpoint string
+	// ClusterDomain is the cluster's DNS suffix for in-cluster URLs.
+	ClusterDomain string
+}
+
+// DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
+func DefaultEngineImages() map[servingv1alpha1.EngineType]string {
+	return map[servingv1alpha1.EngineType]string{
+		servingv1alpha1.EngineVLLM:     "vllm/vllm-openai:v0.11.0",
+		servingv1alpha1.EngineLlamaCpp: "ghcr.io/ggml-org/llama.cpp:server-cuda",
+		servingv1alpha1.EngineTGI:      "ghcr.io/huggingface/text-generation-inference:3.3.6",
+		servingv1alpha1.EngineOllama:   "ollama/ollama:0.12.6",
+		servingv1alpha1.EngineSGLang:   "lmsysorg/sglang:v0.5.3",
+	}
+}
+
+// DefaultConfig returns the configuration used when no flag overrides it.
+func DefaultConfig() Config {
+	return Config{
+		RuntimeImage:  "ghcr.io/helixflow/runtime:latest",
+		EngineImages:  DefaultEngineImages(),
+		UsageEndpoint: "helixflow-manager.helixflow-system.svc:9443",
+		ClusterDomain: "cluster.local",
+	}
+}
+
+// engineImage is the image the model's engine container runs.
+func (c Config) engineImage(m *servingv1alpha1.InferenceModel) (string, error) {
+	if m.Spec.Engine.Image != "" {
+		return m.Spec.Engine.Image, nil
+	}
+	img, ok := c.EngineImages[m.Spec.Engine.Type]
+	if !ok || img == "" {
+		return "", fmt.Errorf("no default image for engine type %q: set spec.engine.image", m.Spec.Engine.Type)
+	}
+	return img, nil
+}

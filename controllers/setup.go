@@ -1,0 +1,178 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+)
+
+// indexModelPool indexes InferenceModels by spec.gpu.pool.
+const indexModelPool = "spec.gpu.pool"
+
+// Setup registers the reconcilers with the manager.
+func Setup(mgr ctrl.Manager, cfg Config) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &servingv1alpha1.InferenceModel{}, indexModelPool,
+		func(o client.Object) []string {
+			if p := o.(*servingv1alpha1.InferenceModel).Spec.GPU.Pool; p != "" {
+				return []string{p}
+			}
+			return nil
+		}); err != nil {
+		return fmt.Errorf("indexing InferenceModels by pool: %w", err)
+	}
+	models := &InferenceModelReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("inferencemodel-controller"), Config: cfg}
+	if err := models.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up InferenceModel controller: %w", err)
+	}
+	pools := &GPUPoolReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("gpupool-controller")}
+	if err := pools.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up GPUPool controller: %w", err)
+	}
+	return nil
+}
+
+// SetupWithManager watches the model's children and everything placement reads.
+func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	c := mgr.GetClient()
+	toModelsOfPools := func(ctx context.Context, poolNames []string) []ctrl.Request {
+		var reqs []ctrl.Request
+		for _, p := range poolNames {
+			reqs = append(reqs, modelsInPool(ctx, c, p)...)
+		}
+		return reqs
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&servingv1alpha1.InferenceModel{}).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Watches(&servingv1alpha1.GPUPool{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
+			return modelsInPool(ctx, c, o.GetName())
+		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
+			return toModelsOfPools(ctx, poolsOfNode(ctx, c, o.GetLabels()))
+		}), builder.WithPredicates(nodePlacementChanged())).
+		Watches(&servingv1alpha1.GPUNode{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
+			node := &corev1.Node{}
+			if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, node); err != nil {
+				return nil
+			}
+			return toModelsOfPools(ctx, poolsOfNode(ctx, c, node.Labels))
+		}), builder.WithPredicates(gpuNodeDevicesChanged())).
+		// A pod bound or gone changes what fits for every model in its pool.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
+			if p := o.GetLabels()[servingv1alpha1.LabelGPUPool]; p != "" {
+				return modelsInPool(ctx, c, p)
+			}
+			return nil
+		}), builder.WithPredicates(podBindingChanged())).
+		Named("inferencemodel").
+		Complete(r)
+}
+
+// SetupWithManager watches the pool's nodes, their GPUNode reports and HelixFlow pods.
+func (r *GPUPoolReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	c := mgr.GetClient()
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&servingv1alpha1.GPUPool{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
+			return poolRequests(poolsOfNode(ctx, c, o.GetLabels()))
+		}), builder.WithPredicates(nodePlacementChanged())).
+		Watches(&servingv1alpha1.GPUNode{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
+			node := &corev1.Node{}
+			if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, node); err != nil {
+				return nil
+			}
+			return poolRequests(poolsOfNode(ctx, c, node.Labels))
+		})).
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []ctrl.Request {
+			if p := o.GetLabels()[servingv1alpha1.LabelGPUPool]; p != "" {
+				return poolRequests([]string{p})
+			}
+			return nil
+		}), builder.WithPredicates(podBindingChanged())).
+		Named("gpupool").
+		Complete(r)
+}
+
+func poolRequests(names []string) []ctrl.Request {
+	reqs := make([]ctrl.Request, 0, len(names))
+	for _, n := range names {
+		reqs = append(reqs, ctrl.Request{NamespacedName: types.NamespacedName{Name: n}})
+	}
+	return reqs
+}
+
+// poolsOfNode returns the pools whose nodeSelector matches the node's labels.
+func poolsOfNode(ctx context.Context, c client.Reader, nodeLabels map[string]string) []string {
+	var pools servingv1alpha1.GPUPoolList
+	if err := c.List(ctx, &pools, client.UnsafeDisableDeepCopy); err != nil {
+		log.FromContext(ctx).Error(err, "listing GPUPools")
+		return nil
+	}
+	var names []string
+	for i := range pools.Items {
+		sel, err := poolSelector(&pools.Items[i])
+		if err == nil && sel.Matches(labels.Set(nodeLabels)) {
+			names = append(names, pools.Items[i].Name)
+		}
+	}
+	return names
+}
+
+// nodePlacementChanged passes node events that can change placement: labels, GPU capacity,
+// readiness, cordoning. Heartbeat-only status updates are dropped.
+func nodePlacementChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld.(*corev1.Node), e.ObjectNew.(*corev1.Node)
+		return !equality.Semantic.DeepEqual(o.Labels, n.Labels) ||
+			!equality.Semantic.DeepEqual(o.Status.Capacity, n.Status.Capacity) ||
+			!equality.Semantic.DeepEqual(o.Status.Allocatable, n.Status.Allocatable) ||
+			o.Spec.Unschedulable != n.Spec.Unschedulable ||
+			nodeReadyStatus(o) != nodeReadyStatus(n)
+	}}
+}
+
+func nodeReadyStatus(n *corev1.Node) corev1.ConditionStatus {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status
+		}
+	}
+	return corev1.ConditionUnknown
+}
+
+// gpuNodeDevicesChanged passes GPUNode events that change placement (device memory and
+// count), not the heartbeat.
+func gpuNodeDevicesChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld.(*servingv1alpha1.GPUNode), e.ObjectNew.(*servingv1alpha1.GPUNode)
+		return !equality.Semantic.DeepEqual(o.Status.Devices, n.Status.Devices) || o.Status.GPUCount != n.Status.GPUCount
+	}}
+}
+
+// podBindingChanged passes pod creation, deletion, binding to a node and termination:
+// the events that change how many GPUs are allocated.
+func podBindingChanged() predicate.Predicate {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		o, n := e.ObjectOld.(*corev1.Pod), e.ObjectNew.(*corev1.Pod)
+		terminal := func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed }
+		return o.Spec.NodeName != n.Spec.NodeName || terminal(o) != terminal(n)
+	}}
+}
