@@ -2,6 +2,7 @@ package localcluster
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"k8s.io/client-go/rest"
 	"net/http"
@@ -21,6 +22,11 @@ func TestZZDebugLongevity(t *testing.T) {
 	ctx := context.Background()
 	time.Sleep(60 * time.Second)
 	metricsCheck(t)
+	for pid := range childProcesses() {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		t.Logf("CMD %s", strings.ReplaceAll(string(b), "\x00", " "))
+	}
+	os.Exit(0)
 	n, err := cluster.Client().CoreV1().Nodes().Get(ctx, "gpu-node-0", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
