@@ -23,6 +23,8 @@ type Config struct {
 	UsageEndpoint string
 	// ClusterDomain is the cluster's DNS suffix for in-cluster URLs.
 	ClusterDomain string
+	// MaxConcurrentReconciles is how many InferenceModels are reconciled at once.
+	MaxConcurrentReconciles int
 }
 
 // DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
@@ -43,6 +45,8 @@ func DefaultConfig() Config {
 		EngineImages:  DefaultEngineImages(),
 		UsageEndpoint: "helixflow-manager.helixflow-system.svc:9443",
 		ClusterDomain: "cluster.local",
+		// Reconciles mostly wait on the API server; a few in flight keep it busy.
+		MaxConcurrentReconciles: 4,
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
@@ -402,4 +403,25 @@ func (d modelDesired) runtimeContainer() corev1.Container {
 		}},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
+}
+
+// DesiredObjects returns the children the reconciler applies for model placed in pool
+// (nil for CPU-only models) with the given replica count, without owner references. It
+// exists for tools that need the same objects without a manager, such as the reconcile
+// benchmark's plain-client baseline.
+func DesiredObjects(model *servingv1alpha1.InferenceModel, pool *servingv1alpha1.GPUPool, replicas int32, cfg Config) ([]client.Object, error) {
+	d := modelDesired{model: model, pool: pool, replicas: replicas, cfg: cfg}
+	deploy, err := d.deployment()
+	if err != nil {
+		return nil, err
+	}
+	objs := []client.Object{d.serviceAccount(), d.service()}
+	if d.usesDRA() {
+		objs = append(objs, d.resourceClaimTemplate())
+	}
+	objs = append(objs, deploy)
+	if replicas > 1 {
+		objs = append(objs, d.podDisruptionBudget())
+	}
+	return objs, nil
 }

@@ -136,28 +136,25 @@ func (r *InferenceModelReconciler) namespaceAllowed(ctx context.Context, pool *s
 // applyChildren applies every child and returns the Deployment as the server has it.
 func (r *InferenceModelReconciler) applyChildren(ctx context.Context, d modelDesired) (*appsv1.Deployment, error) {
 	owner := d.model
-	for _, obj := range []client.Object{d.serviceAccount(), d.service()} {
-		if err := applyOwned(ctx, r.Client, r.Scheme, owner, obj); err != nil {
-			return nil, err
-		}
-	}
-	if d.usesDRA() {
-		if err := applyOwned(ctx, r.Client, r.Scheme, owner, d.resourceClaimTemplate()); err != nil {
-			return nil, err
-		}
-	}
-	deploy, err := d.deployment()
+	objs, err := DesiredObjects(owner, d.pool, d.replicas, d.cfg)
 	if err != nil {
 		return nil, err
 	}
-	if err := applyOwned(ctx, r.Client, r.Scheme, owner, deploy); err != nil {
-		return nil, err
+	var deploy *appsv1.Deployment
+	for _, obj := range objs {
+		if err := applyOwned(ctx, r.Client, r.Scheme, owner, obj); err != nil {
+			return deploy, err
+		}
+		if dep, ok := obj.(*appsv1.Deployment); ok {
+			deploy = dep
+		}
 	}
 	if d.replicas > 1 {
-		return deploy, applyOwned(ctx, r.Client, r.Scheme, owner, d.podDisruptionBudget())
+		return deploy, nil
 	}
-	pdb := &policyv1.PodDisruptionBudget{ObjectMeta: metav1.ObjectMeta{Name: owner.Name, Namespace: owner.Namespace}}
-	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(pdb), pdb); err == nil && metav1.IsControlledBy(pdb, owner) {
+	// One replica or none: a PodDisruptionBudget would block node drains; remove ours.
+	pdb := &policyv1.PodDisruptionBudget{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: owner.Namespace, Name: owner.Name}, pdb); err == nil && metav1.IsControlledBy(pdb, owner) {
 		if err := r.Client.Delete(ctx, pdb); client.IgnoreNotFound(err) != nil {
 			return deploy, fmt.Errorf("deleting PodDisruptionBudget: %w", err)
 		}

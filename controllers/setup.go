@@ -13,6 +13,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
@@ -56,12 +57,17 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 		return reqs
 	}
+	// The children's create events are echoes of our own applies; the model's own events
+	// already cover start-up. Updates (someone edits a child, Deployment status moves) and
+	// deletes still bring the model back.
+	notCreate := builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&servingv1alpha1.InferenceModel{}).
-		Owns(&appsv1.Deployment{}).
-		Owns(&corev1.Service{}).
-		Owns(&corev1.ServiceAccount{}).
-		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&appsv1.Deployment{}, notCreate).
+		Owns(&corev1.Service{}, notCreate).
+		Owns(&corev1.ServiceAccount{}, notCreate).
+		Owns(&policyv1.PodDisruptionBudget{}, notCreate).
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Config.MaxConcurrentReconciles, 1)}).
 		Watches(&servingv1alpha1.GPUPool{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
 			return modelsInPool(ctx, c, o.GetName())
 		}), builder.WithPredicates(predicate.GenerationChangedPredicate{})).

@@ -32,12 +32,11 @@ func TestMain(m *testing.M) {
 	os.Exit(testenv.Run(m, &env))
 }
 
-var testConfig = Config{
-	RuntimeImage:  "example.test/helixflow/runtime:test",
-	EngineImages:  DefaultEngineImages(),
-	UsageEndpoint: "helixflow-manager.helixflow-system.svc:9443",
-	ClusterDomain: "cluster.local",
-}
+var testConfig = func() Config {
+	c := DefaultConfig()
+	c.RuntimeImage = "example.test/helixflow/runtime:test"
+	return c
+}()
 
 // startManager runs a manager with the reconcilers until the returned func is called.
 func startManager(t *testing.T) (stop func()) {

@@ -44,6 +44,8 @@ func main() {
 	flag.StringVar(&cfg.UsageEndpoint, "usage-endpoint", cfg.UsageEndpoint,
 		"Address of the manager's usage aggregator that runtimes report to.")
 	flag.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "The cluster's DNS domain, for in-cluster URLs.")
+	flag.IntVar(&cfg.MaxConcurrentReconciles, "max-concurrent-reconciles", cfg.MaxConcurrentReconciles,
+		"How many InferenceModels are reconciled at once.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	// --kubeconfig is registered on flag.CommandLine by controller-runtime; KUBECONFIG and

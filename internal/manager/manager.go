@@ -120,15 +120,19 @@ func cacheOptions() cache.Options {
 	owned := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{
 		servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue,
 	})}
-	return cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Pod{}:                   owned,
-		&corev1.Secret{}:                owned,
-		&corev1.ConfigMap{}:             owned,
-		&corev1.Service{}:               owned,
-		&corev1.ServiceAccount{}:        owned,
-		&appsv1.Deployment{}:            owned,
-		&policyv1.PodDisruptionBudget{}: owned,
-	}}
+	return cache.Options{
+		// Managed fields are a large share of every cached object and the manager never reads them.
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}:                   owned,
+			&corev1.Secret{}:                owned,
+			&corev1.ConfigMap{}:             owned,
+			&corev1.Service{}:               owned,
+			&corev1.ServiceAccount{}:        owned,
+			&appsv1.Deployment{}:            owned,
+			&policyv1.PodDisruptionBudget{}: owned,
+		},
+	}
 }
 
 // Run builds the manager and blocks until ctx is done or the manager fails.

@@ -11,6 +11,10 @@
 //
 // The binaries come from Options.BinDir, else KUBEBUILDER_ASSETS, else hack/testbin/build.sh
 // (which builds them once into a cache folder and then only prints that folder).
+//
+// Call Stop when done. If the test process dies first (a go test -timeout, a panic, os.Exit),
+// a small watchdog child (bash) kills the five components and removes their temporary
+// folders, so a crashed run leaves no API server or etcd behind on a shared machine.
 package localcluster
 
 import (
@@ -18,6 +22,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -78,8 +84,12 @@ type Cluster struct {
 	client     kubernetes.Interface
 
 	env      *envtest.Environment
-	envLogs  []*os.File // etcd's and kube-apiserver's logs, written by envtest's processes
-	children []*child   // started after the API server, in start order
+	envLogs  []*os.File     // etcd's and kube-apiserver's logs, written by envtest's processes
+	envPIDs  map[string]int // etcd and kube-apiserver, which envtest started and stops
+	children []*child       // started after the API server, in start order
+
+	watchdog      *child
+	watchdogStdin io.Closer
 
 	stopOnce sync.Once
 	stopErr  error
@@ -88,7 +98,9 @@ type Cluster struct {
 // Start starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok, and
 // returns once the API server is healthy, the controller-manager has created the default
 // ServiceAccount in namespace default, and the scheduler and kwok report ready. ctx bounds
-// only the start: the components run until Stop. On error everything started is stopped.
+// the waits (envtest's start of etcd and the API server has its own two-minute limit); the
+// components run until Stop. On error everything started is stopped and the error carries
+// the tail of each component's log.
 func Start(ctx context.Context, opts Options) (cl *Cluster, retErr error) {
 	binDir, err := resolveBinDir(opts.BinDir)
 	if err != nil {
@@ -147,7 +159,8 @@ func (c *Cluster) startAPIServer() error {
 	// envtest turns the ServiceAccount admission plugin off because it runs no
 	// controller-manager; this cluster runs one, so pods get the admission real clusters apply.
 	args.Disable("disable-admission-plugins")
-	// The "kubernetes" Service endpoint reconciler rejects a loopback advertise address.
+	// The API server listens on 127.0.0.1 only, yet would publish the host's address in the
+	// "kubernetes" Service's endpoints; better none than ones where nothing answers.
 	args.Set("endpoint-reconciler-type", "none")
 	c.env = &envtest.Environment{
 		// Paths are set explicitly so that KUBEBUILDER_ASSETS cannot override Options.BinDir.
@@ -240,6 +253,9 @@ func (c *Cluster) startComponents(ctx context.Context) error {
 		}
 		c.children = append(c.children, ch)
 	}
+	if err := c.startWatchdog(); err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, componentStartTimeout)
 	defer cancel()
@@ -259,6 +275,26 @@ func (c *Cluster) startComponents(ctx context.Context) error {
 	})
 }
 
+// startWatchdog arms the clean-up that runs if this process dies without calling Stop.
+func (c *Cluster) startWatchdog() error {
+	cp := c.env.ControlPlane
+	etcdPID, err := findChild(cp.Etcd.Path, "--data-dir="+cp.Etcd.DataDir)
+	if err != nil {
+		return err
+	}
+	apiPID, err := findChild(cp.APIServer.Path, "--cert-dir="+cp.APIServer.CertDir)
+	if err != nil {
+		return err
+	}
+	c.envPIDs = map[string]int{"etcd": etcdPID, "kube-apiserver": apiPID}
+	pids := map[int]string{etcdPID: cp.Etcd.Path, apiPID: cp.APIServer.Path}
+	for _, ch := range c.children {
+		pids[ch.pid()] = ch.cmd.Path
+	}
+	c.watchdog, c.watchdogStdin, err = startWatchdog(c.logDir, pids, []string{c.workDir, cp.Etcd.DataDir, cp.APIServer.CertDir})
+	return err
+}
+
 // waitHealthy polls a component's health URL. Components serve HTTPS with a self-signed
 // certificate on loopback, so it is not verified.
 func (c *Cluster) waitHealthy(ctx context.Context, ch *child, url string) error {
@@ -269,7 +305,7 @@ func (c *Cluster) waitHealthy(ctx context.Context, ch *child, url string) error 
 	defer hc.CloseIdleConnections()
 	return c.poll(ctx, ch.name+" at "+url, func() (bool, error) {
 		if done, err := ch.exited(); done {
-			return false, fmt.Errorf("%s exited during start: %v", ch.name, err)
+			return false, fmt.Errorf("%s exited during start: %w", ch.name, exitError(err))
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -277,7 +313,7 @@ func (c *Cluster) waitHealthy(ctx context.Context, ch *child, url string) error 
 		}
 		resp, err := hc.Do(req)
 		if err != nil {
-			return false, nil
+			return false, nil //nolint:nilerr // not listening yet; the exit check above catches a crash
 		}
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil
@@ -299,7 +335,7 @@ func (c *Cluster) poll(ctx context.Context, what string, cond func() (bool, erro
 		}
 		for _, ch := range c.children {
 			if exited, err := ch.exited(); exited {
-				return fmt.Errorf("waiting for %s: %s exited: %v", what, ch.name, err)
+				return fmt.Errorf("waiting for %s: %s exited: %w", what, ch.name, exitError(err))
 			}
 		}
 		select {
@@ -326,9 +362,10 @@ func (c *Cluster) LogDir() string { return c.logDir }
 // Client is a client-go clientset for the admin user.
 func (c *Cluster) Client() kubernetes.Interface { return c.client }
 
-// PIDs maps each component this package started to its process ID.
+// PIDs maps each component (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+// kwok) to its process ID.
 func (c *Cluster) PIDs() map[string]int {
-	pids := map[string]int{}
+	pids := maps.Clone(c.envPIDs)
 	for _, ch := range c.children {
 		pids[ch.name] = ch.pid()
 	}
@@ -357,13 +394,18 @@ func (c *Cluster) Logs() string {
 	return b.String()
 }
 
-// Stop stops kwok, the scheduler and the controller-manager (reverse start order, each by the
-// PID it was started with: SIGTERM, then SIGKILL after 20 s), waits for them to exit, then
-// stops the API server and etcd and removes the temporary folder. It touches no process it
-// did not start. Calling it again returns the first result.
+// Stop disarms the watchdog, stops kwok, the scheduler and the controller-manager (reverse
+// start order, each by the PID it was started with: SIGTERM, then SIGKILL after 20 s), waits
+// for them to exit, then has envtest stop the API server and etcd, and removes the temporary
+// folder. It touches no process it did not start. Calling it again returns the first result.
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
 		var errs []error
+		// Disarmed first, so that it cannot act on PIDs that Stop is about to free.
+		if c.watchdog != nil {
+			errs = append(errs, c.watchdog.stop())
+			_ = c.watchdogStdin.Close()
+		}
 		for i := len(c.children) - 1; i >= 0; i-- {
 			errs = append(errs, c.children[i].stop())
 		}

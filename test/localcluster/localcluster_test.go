@@ -2,8 +2,11 @@ package localcluster
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +23,9 @@ import (
 var cluster *Cluster
 
 func TestMain(m *testing.M) {
+	if os.Getenv(crashHelperEnv) != "" {
+		os.Exit(crashHelper())
+	}
 	os.Exit(run(m))
 }
 
@@ -51,7 +57,6 @@ func run(m *testing.M) int {
 // The subtests share one cluster and run in order; "stop" must come last.
 func TestLocalCluster(t *testing.T) {
 	t.Run("gpu-scheduling", testGPUScheduling)
-	t.Run("zz", TestZZDebugLongevity)
 	t.Run("stop", testStop)
 }
 
@@ -173,18 +178,15 @@ func testGPUScheduling(t *testing.T) {
 
 func testStop(t *testing.T) {
 	pids := cluster.PIDs()
-	if len(pids) != 3 {
-		t.Fatalf("PIDs() = %v, want kube-controller-manager, kube-scheduler and kwok", pids)
+	components := []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+	if len(pids) != len(components) {
+		t.Errorf("PIDs() = %v, want one for each of %v", pids, components)
 	}
 	before := childProcesses()
-	for name, pid := range pids {
-		if _, ok := before[pid]; !ok {
-			t.Errorf("%s (pid %d) is not a running child before Stop; children: %v", name, pid, before)
+	for _, name := range components {
+		if _, ok := before[pids[name]]; !ok {
+			t.Errorf("%s (pid %d) is not a running child before Stop; children: %v", name, pids[name], before)
 		}
-	}
-	// etcd and kube-apiserver are children too, started by envtest.
-	if len(before) != 5 {
-		t.Errorf("want 5 child processes before Stop, got %v", before)
 	}
 	began := time.Now()
 	if err := cluster.Stop(); err != nil {
@@ -198,6 +200,79 @@ func testStop(t *testing.T) {
 	if _, err := os.Stat(cluster.KubeconfigPath()); !os.IsNotExist(err) {
 		t.Errorf("kubeconfig %s still there after Stop (err %v)", cluster.KubeconfigPath(), err)
 	}
+}
+
+// crashHelperEnv makes the test binary start a cluster, report it, and exit without Stop.
+const crashHelperEnv = "LOCALCLUSTER_CRASH_HELPER"
+
+type crashReport struct {
+	PIDs       map[string]int
+	Kubeconfig string
+}
+
+// crashHelper is the child side of TestWatchdogCleansUpAfterCrash.
+func crashHelper() int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "crash helper: %v\n", err)
+		return 1
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(crashReport{PIDs: c.PIDs(), Kubeconfig: c.KubeconfigPath()}); err != nil {
+		return 1
+	}
+	return 3 // no Stop: the watchdog must clean up
+}
+
+func TestWatchdogCleansUpAfterCrash(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), crashHelperEnv+"=1")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("crash helper: %v, want exit status 3\nstdout: %s\nstderr: %s", err, out, stderr.String())
+	}
+	var report crashReport
+	if err := json.Unmarshal(out, &report); err != nil {
+		t.Fatalf("crash helper output %q: %v", out, err)
+	}
+	if len(report.PIDs) != 5 {
+		t.Fatalf("crash helper reported PIDs %v, want 5", report.PIDs)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for {
+		alive := map[string]int{}
+		for name, pid := range report.PIDs {
+			if processAlive(pid) {
+				alive[name] = pid
+			}
+		}
+		_, statErr := os.Stat(report.Kubeconfig)
+		if len(alive) == 0 && os.IsNotExist(statErr) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after the helper exited: still running %v; kubeconfig stat: %v", alive, statErr)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// processAlive reports whether pid exists and is not a zombie. A reused PID would read as
+// alive, which can only make the test fail, never pass wrongly.
+func processAlive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return len(fields) > 0 && fields[0] != "Z"
 }
 
 func unschedulable(p corev1.Pod) bool {
@@ -223,31 +298,18 @@ func dumpLogsOnFailure(t *testing.T) {
 }
 
 // childProcesses maps the PID of every process whose parent is this test binary to its
-// command name, read from /proc.
+// command line, read from /proc.
 func childProcesses() map[int]string {
 	self := os.Getpid()
 	out := map[int]string{}
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	for _, path := range stats {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			continue // exited while we looked
-		}
-		// Fields after the parenthesised command: state, ppid, ...
-		s := string(data)
-		open, closing := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || closing < open {
+		if ppid, ok := parentPID(path); !ok || ppid != self {
 			continue
 		}
-		fields := strings.Fields(s[closing+1:])
-		if len(fields) < 2 {
-			continue
-		}
-		if ppid, _ := strconv.Atoi(fields[1]); ppid != self {
-			continue
-		}
-		pid, _ := strconv.Atoi(strings.Fields(s)[0])
-		out[pid] = s[open+1:closing] + " (" + fields[0] + ")"
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(path)))
+		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "cmdline"))
+		out[pid] = strings.ReplaceAll(strings.TrimRight(string(cmdline), "\x00"), "\x00", " ")
 	}
 	return out
 }

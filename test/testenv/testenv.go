@@ -108,6 +108,9 @@ func Start() (*Env, error) {
 	}
 	cfg, err := env.Start()
 	if err != nil {
+		// envtest leaves etcd and kube-apiserver running when a later step (installing the
+		// CRDs) fails; stop them or they outlive the test binary.
+		_ = env.Stop()
 		return nil, fmt.Errorf("starting envtest (binaries in %s): %w", binDir, err)
 	}
 	c, err := client.New(cfg, client.Options{Scheme: s})
