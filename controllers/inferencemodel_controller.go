@@ -237,19 +237,33 @@ func (r *InferenceModelReconciler) writeStatus(ctx context.Context, model *servi
 	if err := r.Client.Status().Update(ctx, model); err != nil {
 		return fmt.Errorf("updating status: %w", err)
 	}
+	r.recordTransitions(model, old.Conditions, st.Conditions)
+	log.FromContext(ctx).V(1).Info("status updated", "ready", meta.IsStatusConditionTrue(st.Conditions, servingv1alpha1.ConditionReady))
+	return nil
+}
+
+// recordTransitions emits an Event when a condition changes, except on the normal path of
+// a new model: being placed at once and not yet Ready are not news (and at thousands of
+// models an Event each is real load on the API server). A model that cannot be placed gets
+// a Warning at once; Ready becoming True, and leaving True, are always recorded.
+func (r *InferenceModelReconciler) recordTransitions(model *servingv1alpha1.InferenceModel, before, after []metav1.Condition) {
 	for _, typ := range []string{servingv1alpha1.InferenceModelConditionScheduled, servingv1alpha1.ConditionReady} {
-		before, after := meta.FindStatusCondition(old.Conditions, typ), meta.FindStatusCondition(st.Conditions, typ)
-		if after == nil || (before != nil && before.Status == after.Status && before.Reason == after.Reason) {
+		was, now := meta.FindStatusCondition(before, typ), meta.FindStatusCondition(after, typ)
+		if now == nil || (was != nil && was.Status == now.Status && was.Reason == now.Reason) {
+			continue
+		}
+		if was == nil && now.Status == metav1.ConditionTrue && typ == servingv1alpha1.InferenceModelConditionScheduled {
+			continue
+		}
+		if typ == servingv1alpha1.ConditionReady && now.Status != metav1.ConditionTrue && (was == nil || was.Status != metav1.ConditionTrue) {
 			continue
 		}
 		eventType := corev1.EventTypeNormal
-		if after.Status != metav1.ConditionTrue {
+		if now.Status != metav1.ConditionTrue {
 			eventType = corev1.EventTypeWarning
 		}
-		r.Recorder.Eventf(model, nil, eventType, after.Reason, typ, "%s", after.Message)
+		r.Recorder.Eventf(model, nil, eventType, now.Reason, typ, "%s", now.Message)
 	}
-	log.FromContext(ctx).V(1).Info("status updated", "ready", meta.IsStatusConditionTrue(st.Conditions, servingv1alpha1.ConditionReady))
-	return nil
 }
 
 // modelsInPool lists the InferenceModels that name pool, through the field index.

@@ -62,7 +62,8 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// deletes still bring the model back.
 	notCreate := builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&servingv1alpha1.InferenceModel{}).
+		// Status-only updates are our own writes coming back; only spec changes need work.
+		For(&servingv1alpha1.InferenceModel{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&appsv1.Deployment{}, notCreate).
 		Owns(&corev1.Service{}, notCreate).
 		Owns(&corev1.ServiceAccount{}, notCreate).

@@ -26,6 +26,9 @@ func main() {
 		"Elect a leader among manager replicas so only one reconciles at a time.")
 	flag.StringVar(&opts.Namespace, "namespace", opts.Namespace,
 		"The manager's own namespace (default from POD_NAMESPACE, else "+manager.DefaultNamespace+").")
+	var qps float64
+	flag.Float64Var(&qps, "kube-api-qps", float64(opts.QPS), "Requests per second the manager may send to the API server.")
+	flag.IntVar(&opts.Burst, "kube-api-burst", opts.Burst, "Burst of requests the manager may send to the API server.")
 	cfg := controllers.DefaultConfig()
 	flag.StringVar(&cfg.RuntimeImage, "runtime-image", cfg.RuntimeImage,
 		"Image of the runtime binary (runtime serve and runtime fetch) in model pods.")
@@ -51,6 +54,7 @@ func main() {
 	// --kubeconfig is registered on flag.CommandLine by controller-runtime; KUBECONFIG and
 	// in-cluster configuration are the fallbacks, as in every controller-runtime manager.
 	flag.Parse()
+	opts.QPS = float32(qps)
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
 	restCfg, err := ctrl.GetConfig()

@@ -49,6 +49,9 @@ type Options struct {
 	LeaderElect bool
 	// Namespace is the manager's own namespace (leader Lease, signing keys).
 	Namespace string
+	// QPS and Burst limit the manager's requests to the API server (client-side).
+	QPS   float32
+	Burst int
 	// GracefulShutdownTimeout bounds how long runnables get to stop.
 	GracefulShutdownTimeout time.Duration
 	// SkipControllerNameValidation allows several managers with the same controllers in one
@@ -68,6 +71,8 @@ func DefaultOptions() Options {
 		MetricsBindAddress:      ":8080",
 		HealthProbeBindAddress:  ":8081",
 		Namespace:               ns,
+		QPS:                     100,
+		Burst:                   200,
 		GracefulShutdownTimeout: 30 * time.Second,
 	}
 }
@@ -78,6 +83,10 @@ func New(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 		return nil, errors.New("manager namespace must not be empty")
 	}
 	shutdown := opts.GracefulShutdownTimeout
+	cfg = rest.CopyConfig(cfg)
+	if opts.QPS != 0 {
+		cfg.QPS, cfg.Burst = opts.QPS, opts.Burst
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                        scheme.New(),
 		Metrics:                       metricsserver.Options{BindAddress: opts.MetricsBindAddress},

@@ -1,0 +1,348 @@
+// Command reconcile measures the InferenceModel reconciler against a real API server.
+//
+// It starts etcd and kube-apiserver (envtest), creates a GPUPool with enough simulated
+// nodes, then:
+//
+//  1. baseline: a plain client creates, for N models, the same child objects the reconciler
+//     applies (ServiceAccount, Service, Deployment), with the same number of workers;
+//  2. manager: the real bin/manager process runs, the harness creates N InferenceModels,
+//     and waits until every model has its children and Scheduled=True.
+//
+// It prints seconds to converge, models per second, the ratio manager/baseline (the
+// reconcile overhead), and the manager's heap (from its metrics) and RSS (from /proc).
+//
+//	go run ./test/bench/reconcile -models 200
+//	go run ./test/bench/reconcile -models 1000
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/controllers"
+	"github.com/helixflow/helixflow/test/testenv"
+)
+
+func main() {
+	models := flag.Int("models", 200, "number of InferenceModels")
+	workers := flag.Int("workers", 4, "concurrent creating clients, for the baseline and for the models")
+	reconcilers := flag.Int("max-concurrent-reconciles", 4, "the manager's --max-concurrent-reconciles")
+	flag.Parse()
+	if err := run(*models, *workers, *reconcilers); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n, workers, reconcilers int) error {
+	ctx := context.Background()
+	env, err := testenv.Start()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = env.Stop() }()
+	tmp, err := os.MkdirTemp("", "helixflow-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	kubeconfig, err := env.Kubeconfig(tmp)
+	if err != nil {
+		return err
+	}
+	managerBin := filepath.Join(tmp, "manager")
+	build := exec.Command("go", "build", "-o", managerBin, "./cmd/manager")
+	build.Dir, build.Stdout, build.Stderr = env.RepoRoot, os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building the manager: %w", err)
+	}
+
+	c := env.Client
+	pool, err := setupPool(ctx, c, n)
+	if err != nil {
+		return err
+	}
+	for _, ns := range []string{"baseline", "bench", "helixflow-system"} {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+			return err
+		}
+	}
+
+	fmt.Fprintf(os.Stderr, "bench: baseline: creating the children of %d models with a plain client\n", n)
+	baseline, err := runBaseline(ctx, c, pool, n, workers)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bench: baseline took %s; starting the manager\n", baseline)
+
+	metricsAddr, probeAddr := freeAddr(), freeAddr()
+	mgr := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address", metricsAddr,
+		"--health-probe-bind-address", probeAddr, "--max-concurrent-reconciles", strconv.Itoa(reconcilers),
+		// The same client-side rate limit as the baseline's client (envtest's config), so the
+		// ratio measures the reconciler, not two different limiter settings.
+		"--kube-api-qps", fmt.Sprint(env.Config.QPS), "--kube-api-burst", fmt.Sprint(env.Config.Burst))
+	logFile, err := os.Create(filepath.Join(tmp, "manager.log"))
+	if err != nil {
+		return err
+	}
+	mgr.Stdout, mgr.Stderr = logFile, logFile
+	if err := mgr.Start(); err != nil {
+		return fmt.Errorf("starting the manager: %w", err)
+	}
+	defer func() { _ = mgr.Process.Kill(); _ = mgr.Wait() }()
+	if err := waitHTTP("http://"+probeAddr+"/readyz", time.Minute); err != nil {
+		return fmt.Errorf("manager not ready: %w", err)
+	}
+
+	start := time.Now()
+	if err := parallel(n, workers, func(i int) error { return c.Create(ctx, benchModel("bench", i)) }); err != nil {
+		return fmt.Errorf("creating models: %w", err)
+	}
+	createdIn := time.Since(start)
+	if err := waitConverged(ctx, c, n, 5*time.Minute); err != nil {
+		if tail, rerr := os.ReadFile(logFile.Name()); rerr == nil {
+			lines := strings.Split(string(tail), "\n")
+			fmt.Fprintln(os.Stderr, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+		}
+		return err
+	}
+	converged := time.Since(start)
+	// Let the last writes' echoes settle before reading memory.
+	time.Sleep(2 * time.Second)
+	heap, inuse, err := heapBytes("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		return err
+	}
+	rss, err := rssBytes(mgr.Process.Pid)
+	if err != nil {
+		return err
+	}
+
+	fmt.Printf("reconcile benchmark: %d InferenceModels, %d creating workers, %d concurrent reconciles, client QPS %g burst %d (both sides)\n",
+		n, workers, reconcilers, env.Config.QPS, env.Config.Burst)
+	fmt.Printf("  baseline (plain client creates SA+Service+Deployment): %8.2f s  %7.1f models/s\n", baseline.Seconds(), float64(n)/baseline.Seconds())
+	fmt.Printf("  manager  (create models -> children + Scheduled=True):  %8.2f s  %7.1f models/s  (models created in %.2f s)\n", converged.Seconds(), float64(n)/converged.Seconds(), createdIn.Seconds())
+	fmt.Printf("  overhead ratio manager/baseline: %.2f (target <= 1.5)\n", converged.Seconds()/baseline.Seconds())
+	fmt.Printf("  manager heap alloc %.1f MiB, heap in use %.1f MiB, RSS %.1f MiB (target heap <= 60 MiB at 1000 models)\n",
+		float64(heap)/(1<<20), float64(inuse)/(1<<20), float64(rss)/(1<<20))
+	return nil
+}
+
+// setupPool creates a pool with enough 8-GPU nodes for n one-GPU models.
+func setupPool(ctx context.Context, c client.Client, n int) (*servingv1alpha1.GPUPool, error) {
+	pool := &servingv1alpha1.GPUPool{
+		ObjectMeta: metav1.ObjectMeta{Name: "bench"},
+		Spec:       servingv1alpha1.GPUPoolSpec{NodeSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pool": "bench"}}},
+	}
+	if err := c.Create(ctx, pool); err != nil {
+		return nil, err
+	}
+	res := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("64"), corev1.ResourceMemory: resource.MustParse("512Gi"), "nvidia.com/gpu": resource.MustParse("8")}
+	for i := 0; i < n/8+1; i++ {
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("gpu-%04d", i), Labels: map[string]string{
+			"pool": "bench", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559"}}}
+		if err := c.Create(ctx, node); err != nil {
+			return nil, err
+		}
+		node.Status = corev1.NodeStatus{Capacity: res, Allocatable: res, Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}}
+		if err := c.Status().Update(ctx, node); err != nil {
+			return nil, err
+		}
+	}
+	return pool, nil
+}
+
+func benchModel(ns string, i int) *servingv1alpha1.InferenceModel {
+	return &servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("model-%04d", i)},
+		Spec: servingv1alpha1.InferenceModelSpec{
+			Model: servingv1alpha1.ModelSource{URI: "hf://meta-llama/Llama-3.1-8B-Instruct", Parameters: "8B", DType: servingv1alpha1.DTypeBF16},
+			GPU:   servingv1alpha1.GPURequirements{Pool: "bench", Count: 1},
+			// What the API server's defaulting fills in; the baseline builds from this object
+			// directly, so it must carry the defaults itself.
+			Engine: servingv1alpha1.EngineSpec{Type: servingv1alpha1.EngineVLLM, Port: 8000},
+			Auth:   servingv1alpha1.AuthSpec{Mode: servingv1alpha1.AuthModeAPIKeyOrJWT},
+		},
+	}
+}
+
+// runBaseline creates the reconciler's children directly. They are relabelled so the
+// manager, started afterwards, does not cache them.
+func runBaseline(ctx context.Context, c client.Client, pool *servingv1alpha1.GPUPool, n, workers int) (time.Duration, error) {
+	cfg := controllers.DefaultConfig()
+	start := time.Now()
+	err := parallel(n, workers, func(i int) error {
+		objs, err := controllers.DesiredObjects(benchModel("baseline", i), pool, 1, cfg)
+		if err != nil {
+			return err
+		}
+		for _, obj := range objs {
+			obj.GetLabels()[servingv1alpha1.LabelManagedBy] = "benchmark-baseline"
+			if err := c.Create(ctx, obj); err != nil {
+				return fmt.Errorf("baseline create: %w", err)
+			}
+		}
+		return nil
+	})
+	return time.Since(start), err
+}
+
+func waitConverged(ctx context.Context, c client.Client, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		var models servingv1alpha1.InferenceModelList
+		if err := c.List(ctx, &models, client.InNamespace("bench")); err != nil {
+			return err
+		}
+		scheduled := 0
+		for i := range models.Items {
+			if meta.IsStatusConditionTrue(models.Items[i].Status.Conditions, servingv1alpha1.InferenceModelConditionScheduled) {
+				scheduled++
+			}
+		}
+		counts, err := childCounts(ctx, c)
+		if err != nil {
+			return err
+		}
+		if scheduled == n && counts[0] == n && counts[1] == n && counts[2] == n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not converged after %s: %d scheduled, children %v", timeout, scheduled, counts)
+		}
+		// Polling is load on the same API server; a coarse period keeps it small.
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func childCounts(ctx context.Context, c client.Client) ([3]int, error) {
+	var out [3]int
+	kinds := []schema.GroupVersionKind{
+		{Group: "apps", Version: "v1", Kind: "DeploymentList"},
+		{Version: "v1", Kind: "ServiceList"},
+		{Version: "v1", Kind: "ServiceAccountList"},
+	}
+	for i, gvk := range kinds {
+		list := &metav1.PartialObjectMetadataList{}
+		list.SetGroupVersionKind(gvk)
+		if err := c.List(ctx, list, client.InNamespace("bench"), client.MatchingLabels{servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue}); err != nil {
+			return out, err
+		}
+		out[i] = len(list.Items)
+	}
+	return out, nil
+}
+
+// parallel runs f(0..n-1) on workers goroutines and returns the first error. The work is
+// queued up front, so a failing worker cannot leave the feeder blocked.
+func parallel(n, workers int, f func(i int) error) error {
+	next := make(chan int, n)
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := f(i); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitHTTP(url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: no 200 within %s (last error %v)", url, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// heapBytes reads go_memstats_heap_alloc_bytes and go_memstats_heap_inuse_bytes.
+func heapBytes(url string) (alloc, inuse float64, err error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) != 2 {
+			continue
+		}
+		v, _ := strconv.ParseFloat(fields[1], 64)
+		if strings.HasPrefix(fields[0], "rest_client_requests_total") || strings.HasPrefix(fields[0], "controller_runtime_reconcile_total") {
+			fmt.Fprintf(os.Stderr, "bench: manager %s %s\n", fields[0], fields[1])
+		}
+		switch fields[0] {
+		case "go_memstats_heap_alloc_bytes":
+			alloc = v
+		case "go_memstats_heap_inuse_bytes":
+			inuse = v
+		}
+	}
+	return alloc, inuse, sc.Err()
+}
+
+func rssBytes(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
+}
