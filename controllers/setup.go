@@ -179,7 +179,9 @@ func gpuNodeDevicesChanged() predicate.Predicate {
 func podBindingChanged() predicate.Predicate {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		o, n := e.ObjectOld.(*corev1.Pod), e.ObjectNew.(*corev1.Pod)
-		terminal := func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed }
+		terminal := func(p *corev1.Pod) bool {
+			return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
+		}
 		return o.Spec.NodeName != n.Spec.NodeName || terminal(o) != terminal(n)
 	}}
 }

@@ -136,6 +136,7 @@ type InferenceModelSpec struct {
 // +kubebuilder:validation:XValidation:rule="has(self.name) == has(oldSelf.name) && (!has(self.name) || self.name == oldSelf.name)",message="name is immutable: clients and ApiKeys refer to it; create a new InferenceModel instead",fieldPath=".name"
 // +kubebuilder:validation:XValidation:rule="!self.uri.startsWith('hf://') || self.uri.matches('^hf://[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$')",message="uri: an hf:// URI must be hf://<org>/<repo>",fieldPath=".uri"
 // +kubebuilder:validation:XValidation:rule="!self.uri.startsWith('pvc://') || self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')",message="uri: a pvc:// URI must be pvc://<claim>/<path> with a valid claim name",fieldPath=".uri"
+// +kubebuilder:validation:XValidation:rule="!self.uri.startsWith('pvc://') || !(self.uri.contains('/../') || self.uri.endsWith('/..'))",message="uri: a pvc:// path must not contain '..': the engine reads only inside the claim",fieldPath=".uri"
 // +kubebuilder:validation:XValidation:rule="!(self.uri.startsWith('s3://') || self.uri.startsWith('gs://')) || self.uri.matches('^(s3|gs)://[a-z0-9][-a-z0-9_.]{1,221}[a-z0-9](/.*)?$')",message="uri: s3:// and gs:// URIs must be <scheme>://<bucket>[/<prefix>] with a valid bucket name",fieldPath=".uri"
 type ModelSource struct {
 	// name is what clients send as "model" in OpenAI requests and what ApiKeys list in

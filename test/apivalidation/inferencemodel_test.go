@@ -41,6 +41,7 @@ func TestInferenceModelValidation(t *testing.T) {
 		{name: "URI with a space", mutate: set("spec.model.uri", "hf://meta llama/x"), wantErrs: []string{"spec.model.uri"}},
 		{name: "hf URI without repo", mutate: set("spec.model.uri", "hf://meta-llama"), wantErrs: []string{"spec.model.uri", "hf://<org>/<repo>"}},
 		{name: "pvc URI with bad claim", mutate: set("spec.model.uri", "pvc://Bad_Claim/x"), wantErrs: []string{"spec.model.uri", "claim"}},
+		{name: "pvc URI escaping the claim", mutate: set("spec.model.uri", "pvc://weights/../../etc"), wantErrs: []string{"spec.model.uri", "'..'"}},
 		{name: "s3 URI with bad bucket", mutate: set("spec.model.uri", "s3://B/x"), wantErrs: []string{"spec.model.uri", "bucket"}},
 		{name: "missing URI", mutate: unset("spec.model.uri"), wantErrs: []string{"spec.model.uri", "Required"}},
 		{name: "URI too long", mutate: set("spec.model.uri", "https://example.com/"+strings.Repeat("a", 2048)), wantErrs: []string{"spec.model.uri", "Too long"}},
