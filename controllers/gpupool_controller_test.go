@@ -13,23 +13,22 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
 
-func waitPool(t *testing.T, name string, check func(*servingv1alpha1.GPUPool) error) *servingv1alpha1.GPUPool {
+func waitPool(t *testing.T, check func(*servingv1alpha1.GPUPool) error) {
 	t.Helper()
 	pool := &servingv1alpha1.GPUPool{}
-	eventually(t, "pool "+name, func() error {
-		if err := get(pool, "", name); err != nil {
+	eventually(t, "pool inventory", func() error {
+		if err := get(pool, "", "inventory"); err != nil {
 			return err
 		}
 		return check(pool)
 	})
-	return pool
 }
 
 func TestGPUPoolStatus(t *testing.T) {
 	startManager(t)
 	ctx := context.Background()
 	gpuPool(t, "inventory", nil)
-	waitPool(t, "inventory", func(p *servingv1alpha1.GPUPool) error {
+	waitPool(t, func(p *servingv1alpha1.GPUPool) error {
 		c := meta.FindStatusCondition(p.Status.Conditions, servingv1alpha1.ConditionReady)
 		if c == nil || c.Reason != servingv1alpha1.GPUPoolReasonNoMatchingNodes {
 			return fmt.Errorf("ready = %+v", c)
@@ -41,7 +40,7 @@ func TestGPUPoolStatus(t *testing.T) {
 	gpuNode(t, "inv-a", 8, 81920, map[string]string{"pool": "inventory"})
 	b := gpuNode(t, "inv-b", 4, 81920, map[string]string{"pool": "inventory"})
 	gpuNode(t, "other", 8, 81920, map[string]string{"pool": "elsewhere"})
-	waitPool(t, "inventory", func(p *servingv1alpha1.GPUPool) error {
+	waitPool(t, func(p *servingv1alpha1.GPUPool) error {
 		want := servingv1alpha1.GPUPoolStatus{Nodes: 2, ReadyNodes: 2, GPUs: servingv1alpha1.GPUCounts{Capacity: 12, Allocatable: 12}}
 		if p.Status.Nodes != want.Nodes || p.Status.ReadyNodes != want.ReadyNodes || p.Status.GPUs != want.GPUs {
 			return fmt.Errorf("status = %+v", p.Status)
@@ -71,7 +70,7 @@ func TestGPUPoolStatus(t *testing.T) {
 	if err := env.Client.Status().Update(ctx, report); err != nil {
 		t.Fatal(err)
 	}
-	waitPool(t, "inventory", func(p *servingv1alpha1.GPUPool) error {
+	waitPool(t, func(p *servingv1alpha1.GPUPool) error {
 		var probed servingv1alpha1.GPUProduct
 		for _, pr := range p.Status.Products {
 			if pr.Product == "NVIDIA H100 80GB HBM3" {
@@ -93,7 +92,7 @@ func TestGPUPoolStatus(t *testing.T) {
 	if err := env.Client.Status().Update(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	waitPool(t, "inventory", func(p *servingv1alpha1.GPUPool) error {
+	waitPool(t, func(p *servingv1alpha1.GPUPool) error {
 		if p.Status.ReadyNodes != 1 || p.Status.GPUs.Allocatable != 8 || p.Status.GPUs.Capacity != 12 {
 			return fmt.Errorf("status = %+v", p.Status)
 		}

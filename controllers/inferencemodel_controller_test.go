@@ -189,7 +189,7 @@ func TestInferenceModelChildren(t *testing.T) {
 	})
 	eventually(t, "PDB removed at one replica", func() error {
 		if err := get(pdb, ns, "llama"); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("PDB still there: %v", err)
+			return fmt.Errorf("PDB still there: %w", err)
 		}
 		return nil
 	})

@@ -100,7 +100,7 @@ func gpuNode(t *testing.T, name string, gpus int64, memMiB int64, extra map[stri
 	return n
 }
 
-func gpuPool(t *testing.T, name string, mutate func(*servingv1alpha1.GPUPool)) *servingv1alpha1.GPUPool {
+func gpuPool(t *testing.T, name string, mutate func(*servingv1alpha1.GPUPool)) {
 	t.Helper()
 	p := &servingv1alpha1.GPUPool{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -116,7 +116,6 @@ func gpuPool(t *testing.T, name string, mutate func(*servingv1alpha1.GPUPool)) *
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), p) })
-	return p
 }
 
 // eventually polls cond until it returns true or the deadline passes; the last error

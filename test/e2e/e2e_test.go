@@ -115,7 +115,7 @@ func installAndStartManager(ctx context.Context) (stop func(), err error) {
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		resp, err := http.Get("http://" + probe + "/readyz")
 		if err != nil {
-			return false, nil
+			return false, nil //nolint:nilerr // not listening yet: keep polling
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil

@@ -208,7 +208,7 @@ func TestPlacementOnSimulatedGPUNodes(t *testing.T) {
 			for _, obj := range []client.Object{&appsv1.Deployment{}, &corev1.Service{}, &corev1.ServiceAccount{}} {
 				err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "llama"}, obj)
 				if !apierrors.IsNotFound(err) {
-					return fmt.Errorf("%T still there (%v)", obj, err)
+					return fmt.Errorf("%T still there: %w", obj, err)
 				}
 			}
 			if n := len(podsOf(t, ns, "llama")); n != 0 {

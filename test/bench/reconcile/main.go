@@ -299,7 +299,7 @@ func waitHTTP(url string, timeout time.Duration) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: no 200 within %s (last error %v)", url, timeout, err)
+			return fmt.Errorf("%s: no 200 within %s (last error: %w)", url, timeout, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
