@@ -58,6 +58,12 @@ test: ## Run all tests against a real API server (builds the test binaries first
 	echo "KUBEBUILDER_ASSETS=$$dir go test $(GO_TEST_FLAGS) ./..."; \
 	KUBEBUILDER_ASSETS="$$dir" $(GO) test $(GO_TEST_FLAGS) ./...
 
+BENCH_MODELS ?= 200
+
+.PHONY: bench
+bench: ## Reconcile benchmark against a real API server (prints figures; BENCH_MODELS=1000 for the target).
+	@dir=$$(hack/testbin/build.sh); KUBEBUILDER_ASSETS="$$dir" $(GO) run ./test/bench/reconcile -models $(BENCH_MODELS)
+
 .PHONY: verify
 verify: generate manifests ## Regenerate, then fail on any diff; gofmt, go vet, golangci-lint, tidy.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
