@@ -3,8 +3,6 @@ package manager
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -25,32 +23,18 @@ func TestMain(m *testing.M) { os.Exit(testenv.Run(m, &env)) }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testenv.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 func waitHTTP200(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	var last string
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := testenv.WaitHTTP200(context.Background(), url, 30*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("%s never answered 200 (last: %s)", url, last)
 }
 
 // The manager starts against a real API server, serves health, readiness and metrics,

@@ -7,8 +7,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/helixflow/helixflow/internal/scheme"
 	"github.com/helixflow/helixflow/test/localcluster"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 var (
@@ -86,14 +85,21 @@ func installAndStartManager(ctx context.Context) (stop func(), err error) {
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("building the manager: %w: %s", err, out)
 	}
-	probe := freeAddr()
+	probe, err := testenv.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	metrics, err := testenv.FreeAddr()
+	if err != nil {
+		return nil, err
+	}
 	managerLog = filepath.Join(dir, "manager.log")
 	logFile, err := os.Create(managerLog)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, "--kubeconfig", cluster.KubeconfigPath(), "--leader-elect",
-		"--metrics-bind-address", freeAddr(), "--health-probe-bind-address", probe,
+		"--metrics-bind-address", metrics, "--health-probe-bind-address", probe,
 		"--runtime-image", "example.test/helixflow/runtime:e2e")
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE=helixflow-system")
 	cmd.Stdout, cmd.Stderr = logFile, logFile
@@ -112,28 +118,12 @@ func installAndStartManager(ctx context.Context) (stop func(), err error) {
 		}
 		_ = logFile.Close()
 	}
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		resp, err := http.Get("http://" + probe + "/readyz")
-		if err != nil {
-			return false, nil //nolint:nilerr // not listening yet: keep polling
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	})
+	err = testenv.WaitHTTP200(ctx, "http://"+probe+"/readyz", time.Minute)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("manager never became ready (log in %s): %w", managerLog, err)
 	}
 	return stop, nil
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // eventually polls cond for up to two minutes (the machine has two cores shared by a

@@ -20,7 +20,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -45,7 +44,7 @@ import (
 func main() {
 	models := flag.Int("models", 200, "number of InferenceModels")
 	workers := flag.Int("workers", 4, "concurrent creating clients, for the baseline and for the models")
-	reconcilers := flag.Int("max-concurrent-reconciles", 4, "the manager's --max-concurrent-reconciles")
+	reconcilers := flag.Int("max-concurrent-reconciles", controllers.DefaultConfig().MaxConcurrentReconciles, "the manager's --max-concurrent-reconciles")
 	flag.Parse()
 	if err := run(*models, *workers, *reconcilers); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -94,7 +93,14 @@ func run(n, workers, reconcilers int) error {
 	}
 	fmt.Fprintf(os.Stderr, "bench: baseline took %s; starting the manager\n", baseline)
 
-	metricsAddr, probeAddr := freeAddr(), freeAddr()
+	metricsAddr, err := testenv.FreeAddr()
+	if err != nil {
+		return err
+	}
+	probeAddr, err := testenv.FreeAddr()
+	if err != nil {
+		return err
+	}
 	mgr := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address", metricsAddr,
 		"--health-probe-bind-address", probeAddr, "--max-concurrent-reconciles", strconv.Itoa(reconcilers),
 		// The same client-side rate limit as the baseline's client (envtest's config), so the
@@ -109,7 +115,7 @@ func run(n, workers, reconcilers int) error {
 		return fmt.Errorf("starting the manager: %w", err)
 	}
 	defer func() { _ = mgr.Process.Kill(); _ = mgr.Wait() }()
-	if err := waitHTTP("http://"+probeAddr+"/readyz", time.Minute); err != nil {
+	if err := testenv.WaitHTTP200(ctx, "http://"+probeAddr+"/readyz", time.Minute); err != nil {
 		return fmt.Errorf("manager not ready: %w", err)
 	}
 
@@ -277,32 +283,6 @@ func parallel(n, workers int, f func(i int) error) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitHTTP(url string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: no 200 within %s (last error: %w)", url, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // heapBytes reads go_memstats_heap_alloc_bytes and go_memstats_heap_inuse_bytes.
