@@ -1,0 +1,74 @@
+package probe
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/helixflow/helixflow/internal/gpu"
+)
+
+// Metrics are the probe's GPU metrics. Names follow Prometheus conventions (base units);
+// each maps to a DCGM exporter field so dashboards can be ported:
+//
+//	helixflow_gpu_memory_used_bytes     DCGM_FI_DEV_FB_USED (MiB)
+//	helixflow_gpu_memory_total_bytes    DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE (MiB)
+//	helixflow_gpu_utilization_ratio     DCGM_FI_DEV_GPU_UTIL (percent)
+//	helixflow_gpu_temperature_celsius   DCGM_FI_DEV_GPU_TEMP
+//	helixflow_gpu_power_watts           DCGM_FI_DEV_POWER_USAGE
+//	helixflow_gpu_xid_errors_total      DCGM_FI_DEV_XID_ERRORS (DCGM reports the last XID code;
+//	                                    this counts them, the last code is in the GPUNode)
+//	helixflow_gpu_healthy               no DCGM equivalent (1 healthy, 0 not)
+//	helixflow_gpu_nvml_up               no DCGM equivalent (1 when NVML answered the last sample)
+//
+// Labels: gpu (NVML index), uuid, model_name, as the DCGM exporter names them.
+type Metrics struct {
+	memUsed, memTotal, util, temp, power, xid, healthy *prometheus.GaugeVec
+	up                                                 prometheus.Gauge
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	labels := []string{"gpu", "uuid", "model_name"}
+	gauge := func(name, help string) *prometheus.GaugeVec {
+		g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "helixflow", Subsystem: "gpu", Name: name, Help: help}, labels)
+		reg.MustRegister(g)
+		return g
+	}
+	m := &Metrics{
+		memUsed:  gauge("memory_used_bytes", "Framebuffer memory in use."),
+		memTotal: gauge("memory_total_bytes", "Framebuffer memory in total."),
+		util:     gauge("utilization_ratio", "Fraction of time a kernel ran over the last sample period."),
+		temp:     gauge("temperature_celsius", "GPU temperature."),
+		power:    gauge("power_watts", "Power draw."),
+		// A gauge set to NVML's running count: the probe observes totals, not increments.
+		xid:     gauge("xid_errors_total", "XID errors seen since the probe started."),
+		healthy: gauge("healthy", "1 when the GPU is healthy, 0 otherwise."),
+		up:      prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "helixflow", Subsystem: "gpu", Name: "nvml_up", Help: "1 when NVML answered the last sample."}),
+	}
+	reg.MustRegister(m.up)
+	return m
+}
+
+// Observe records one sample.
+func (m *Metrics) Observe(snap gpu.Snapshot, err error) {
+	if err != nil {
+		m.up.Set(0)
+		return
+	}
+	m.up.Set(1)
+	for _, d := range snap.Devices {
+		l := prometheus.Labels{"gpu": strconv.Itoa(d.Index), "uuid": d.UUID, "model_name": d.Product}
+		m.memUsed.With(l).Set(float64(d.MemoryUsedMiB << 20))
+		m.memTotal.With(l).Set(float64(d.MemoryTotalMiB << 20))
+		m.util.With(l).Set(float64(d.UtilizationGPU) / 100)
+		m.temp.With(l).Set(float64(d.TemperatureC))
+		m.power.With(l).Set(d.PowerWatts)
+		m.xid.With(l).Set(float64(d.XIDCount))
+		h := 0.0
+		if d.Healthy {
+			h = 1
+		}
+		m.healthy.With(l).Set(h)
+	}
+}
