@@ -7,8 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/helixflow/helixflow/internal/probe"
 )
 
 // ErrNotImplemented is returned by subcommands whose issue has not landed yet.
@@ -25,6 +29,7 @@ const (
 func Execute(args []string, stdout, stderr io.Writer) int {
 	root := NewRootCommand()
 	root.SetArgs(args)
+	root.SetContext(signalContext())
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.Execute()
@@ -83,16 +88,23 @@ func newServeCommand() *cobra.Command {
 }
 
 func newProbeCommand() *cobra.Command {
+	opts := probeOptions{}
 	cmd := &cobra.Command{
 		Use:   "probe",
 		Short: "Report this node's GPUs (NVML) as a GPUNode and serve GPU metrics",
-		Args:  cobra.NoArgs,
-		RunE:  notImplemented("probe", "GPU probing with NVML"),
+		Long: `probe samples the node's GPUs with NVML every --interval, keeps the GPUNode named
+after the node current (written only when something changed, plus a heartbeat), and serves
+Prometheus GPU metrics and /healthz on --metrics-address. Without libnvidia-ml.so it reports
+NVMLUnavailable and keeps running, so the DaemonSet does not crash-loop.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runProbe(cmd.Context(), opts) },
 	}
 	f := cmd.Flags()
-	f.String("node-name", "", "Name of the node this probe runs on (from the downward API).")
-	f.Duration("interval", 0, "Sampling interval; defaults to the pool's spec.probe.interval.")
-	f.String("metrics-address", ":9400", "Address of the Prometheus GPU metrics endpoint and /healthz.")
+	f.StringVar(&opts.nodeName, "node-name", os.Getenv("NODE_NAME"), "Name of the node this probe runs on (default $NODE_NAME, from the downward API).")
+	f.DurationVar(&opts.interval, "interval", time.Minute, "Sampling interval (at least 1s).")
+	f.DurationVar(&opts.heartbeat, "heartbeat", probe.DefaultHeartbeat, "Longest time an unchanged GPUNode report goes without a write.")
+	f.StringVar(&opts.metricsAddress, "metrics-address", ":9400", "Address of the Prometheus GPU metrics endpoint and /healthz.")
+	f.StringVar(&opts.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")
 	return cmd
 }
 
