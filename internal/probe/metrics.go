@@ -25,6 +25,17 @@ import (
 type Metrics struct {
 	memUsed, memTotal, util, temp, power, xid, healthy *prometheus.GaugeVec
 	up                                                 prometheus.Gauge
+	// devices caches each device's gauges, so a steady-state sample allocates nothing.
+	devices map[deviceKey]*deviceGauges
+}
+
+type deviceKey struct {
+	index         int
+	uuid, product string
+}
+
+type deviceGauges struct {
+	memUsed, memTotal, util, temp, power, xid, healthy prometheus.Gauge
 }
 
 // NewMetrics registers the metrics with reg.
@@ -47,6 +58,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		up:      prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "helixflow", Subsystem: "gpu", Name: "nvml_up", Help: "1 when NVML answered the last sample."}),
 	}
 	reg.MustRegister(m.up)
+	m.devices = map[deviceKey]*deviceGauges{}
 	return m
 }
 
@@ -58,17 +70,32 @@ func (m *Metrics) Observe(snap gpu.Snapshot, err error) {
 	}
 	m.up.Set(1)
 	for _, d := range snap.Devices {
-		l := prometheus.Labels{"gpu": strconv.Itoa(d.Index), "uuid": d.UUID, "model_name": d.Product}
-		m.memUsed.With(l).Set(float64(d.MemoryUsedMiB << 20))
-		m.memTotal.With(l).Set(float64(d.MemoryTotalMiB << 20))
-		m.util.With(l).Set(float64(d.UtilizationGPU) / 100)
-		m.temp.With(l).Set(float64(d.TemperatureC))
-		m.power.With(l).Set(d.PowerWatts)
-		m.xid.With(l).Set(float64(d.XIDCount))
+		g := m.gauges(d)
+		g.memUsed.Set(float64(d.MemoryUsedMiB << 20))
+		g.memTotal.Set(float64(d.MemoryTotalMiB << 20))
+		g.util.Set(float64(d.UtilizationGPU) / 100)
+		g.temp.Set(float64(d.TemperatureC))
+		g.power.Set(d.PowerWatts)
+		g.xid.Set(float64(d.XIDCount))
 		h := 0.0
 		if d.Healthy {
 			h = 1
 		}
-		m.healthy.With(l).Set(h)
+		g.healthy.Set(h)
 	}
+}
+
+func (m *Metrics) gauges(d gpu.Device) *deviceGauges {
+	key := deviceKey{index: d.Index, uuid: d.UUID, product: d.Product}
+	if g, ok := m.devices[key]; ok {
+		return g
+	}
+	l := []string{strconv.Itoa(d.Index), d.UUID, d.Product}
+	g := &deviceGauges{
+		memUsed: m.memUsed.WithLabelValues(l...), memTotal: m.memTotal.WithLabelValues(l...),
+		util: m.util.WithLabelValues(l...), temp: m.temp.WithLabelValues(l...), power: m.power.WithLabelValues(l...),
+		xid: m.xid.WithLabelValues(l...), healthy: m.healthy.WithLabelValues(l...),
+	}
+	m.devices[key] = g
+	return g
 }
