@@ -2,6 +2,9 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -17,16 +20,16 @@ func applyOwned(ctx context.Context, c client.Client, scheme *runtime.Scheme, ow
 	if err := controllerutil.SetControllerReference(owner, obj, scheme); err != nil {
 		return fmt.Errorf("setting owner of %T: %w", obj, err)
 	}
-	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	return applyShared(ctx, c, obj)
+}
+
+// applyShared server-side applies obj as FieldOwner without an owner reference, for
+// objects several owners share, and decodes the server's answer back into obj.
+func applyShared(ctx context.Context, c client.Client, obj client.Object) error {
+	u, err := applyConfig(obj)
 	if err != nil {
-		return fmt.Errorf("converting %T: %w", obj, err)
+		return err
 	}
-	// Typed structs carry zero values that are not intent: a null creationTimestamp and an
-	// empty status. Leaving them in would make the manager claim fields it does not set.
-	delete(m, "status")
-	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
-	unstructured.RemoveNestedField(m, "spec", "template", "metadata", "creationTimestamp")
-	u := &unstructured.Unstructured{Object: m}
 	if err := c.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return fmt.Errorf("applying %s %s: %w", u.GetKind(), u.GetName(), err)
 	}
@@ -34,4 +37,31 @@ func applyOwned(ctx context.Context, c client.Client, scheme *runtime.Scheme, ow
 		return fmt.Errorf("decoding applied %s: %w", u.GetKind(), err)
 	}
 	return nil
+}
+
+// applyConfig turns a typed object into the apply configuration the manager means.
+// Typed structs carry zero values that are not intent: a null creationTimestamp and an
+// empty status. Leaving them in would make the manager claim fields it does not set.
+func applyConfig(obj client.Object) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, fmt.Errorf("converting %T: %w", obj, err)
+	}
+	delete(m, "status")
+	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(m, "spec", "template", "metadata", "creationTimestamp")
+	return &unstructured.Unstructured{Object: m}, nil
+}
+
+// desiredHash fingerprints desired objects, to tell whether they changed since last applied.
+func desiredHash(objs ...client.Object) (string, error) {
+	h := sha256.New()
+	for _, o := range objs {
+		data, err := json.Marshal(o)
+		if err != nil {
+			return "", fmt.Errorf("hashing %T: %w", o, err)
+		}
+		h.Write(data)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

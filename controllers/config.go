@@ -5,6 +5,7 @@ package controllers
 
 import (
 	"fmt"
+	"os"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
@@ -25,6 +26,12 @@ type Config struct {
 	ClusterDomain string
 	// MaxConcurrentReconciles is how many InferenceModels are reconciled at once.
 	MaxConcurrentReconciles int
+	// Namespace is the manager's own namespace, where the probe DaemonSets and their
+	// ServiceAccount live. It must match the manager's Options.Namespace.
+	Namespace string
+	// ProbeRuntimeClassName, when set, is the RuntimeClass of probe pods: the one that runs
+	// the NVIDIA container runtime where it is not the node's default (GPU Operator: nvidia).
+	ProbeRuntimeClassName string
 }
 
 // DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
@@ -49,7 +56,17 @@ func DefaultConfig() Config {
 		// cores: 2 -> 25 models/s, 4 -> 29, 8 -> 37, 16 and 32 no better (the API server is
 		// then the bottleneck).
 		MaxConcurrentReconciles: 8,
+		Namespace:               defaultNamespace(),
 	}
+}
+
+// defaultNamespace is the manager's namespace as internal/manager.DefaultOptions finds it:
+// POD_NAMESPACE, else helixflow-system.
+func defaultNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	return "helixflow-system"
 }
 
 // engineImage is the image the model's engine container runs.

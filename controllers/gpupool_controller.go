@@ -4,12 +4,16 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,13 +25,33 @@ import (
 // +kubebuilder:rbac:groups=serving.helixflow.io,resources=gpupools,verbs=get;list;watch
 // +kubebuilder:rbac:groups=serving.helixflow.io,resources=gpupools/status,verbs=get;update;patch
 
+// The probe: its DaemonSets and ServiceAccount in the manager's namespace, and the
+// cluster-wide RBAC and admission policy it runs under. Existing ClusterRoles, bindings and
+// admission policies can be changed only when they are the probe's own; creating needs no name.
+// +kubebuilder:rbac:groups=apps,resources=daemonsets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;update;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings,verbs=create
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles;clusterrolebindings,verbs=get;update;patch,resourceNames=helixflow-probe
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicies;validatingadmissionpolicybindings,verbs=create
+// +kubebuilder:rbac:groups=admissionregistration.k8s.io,resources=validatingadmissionpolicies;validatingadmissionpolicybindings,verbs=get;update;patch,resourceNames=helixflow-probe-own-gpunode
+// RBAC lets a ClusterRole grant only what its creator holds (or escalate/bind, which would
+// let the manager grant anything): the manager holds the probe's GPUNode verbs for that
+// reason alone and never writes GPUNodes itself.
+// +kubebuilder:rbac:groups=serving.helixflow.io,resources=gpunodes;gpunodes/status,verbs=get;list;watch;create;update;patch
+
 // GPUPoolReconciler keeps a GPUPool's status in line with its nodes, their GPUNode reports
-// and the GPUs HelixFlow pods hold there.
+// and the GPUs HelixFlow pods hold there, and runs the pool's GPU probe DaemonSet.
 type GPUPoolReconciler struct {
 	Client   client.Client
+	Scheme   *runtime.Scheme
 	Recorder events.EventRecorder
+	// Config gives the probe's image, runtime class and namespace (the manager's).
+	Config Config
 	// Now is the clock used to judge report freshness; time.Now when nil.
 	Now func() time.Time
+
+	// applied maps a pool's name to the hash of the probe objects last applied for it.
+	applied sync.Map
 }
 
 func (r *GPUPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
@@ -58,6 +82,11 @@ func (r *GPUPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			r.Recorder.Eventf(pool, nil, eventType, after.Reason, servingv1alpha1.ConditionReady, "%s", after.Message)
 		}
 	}
+	// After the status: the inventory does not depend on the probe objects, and a failure
+	// here (the manager's namespace going away) must not freeze what the pool reports.
+	if err := r.reconcileProbe(ctx, pool); err != nil {
+		return ctrl.Result{}, err
+	}
 	// Report freshness changes with time alone: look again when the oldest report goes stale.
 	return ctrl.Result{RequeueAfter: staleAfter}, nil
 }
@@ -65,11 +94,64 @@ func (r *GPUPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 // reportTTL is how old a GPUNode report may be before the pool counts it as missing:
 // three probe intervals, so one late heartbeat does not flap the condition.
 func reportTTL(pool *servingv1alpha1.GPUPool) time.Duration {
-	interval := time.Minute
-	if pool.Spec.Probe.Interval != nil {
-		interval = pool.Spec.Probe.Interval.Duration
+	return 3 * probeInterval(pool)
+}
+
+// reconcileProbe runs the pool's probe DaemonSet, or removes it when spec.probe.enabled is
+// false. The cluster-wide objects the probe runs under (ServiceAccount, RBAC, admission
+// policy) are shared by every pool and owned by none, so no one pool's deletion takes them
+// from the others; each reconcile of a pool with the probe enabled applies them again, which
+// is a no-op on the server when nothing changed and repairs them when someone did. They
+// outlive the last pool; only pods in the manager's namespace can run as the probe.
+func (r *GPUPoolReconciler) reconcileProbe(ctx context.Context, pool *servingv1alpha1.GPUPool) error {
+	if !pool.Spec.Probe.ProbeEnabled() {
+		r.applied.Delete(pool.Name)
+		return r.deleteProbe(ctx, pool)
 	}
-	return 3 * interval
+	shared, ds := probeSharedObjects(r.Config.Namespace), probeDaemonSet(pool, r.Config)
+	// Every GPUNode heartbeat reconciles the pool; re-applying six unchanged objects each
+	// time would cost a thousand-node cluster ~20 requests/s for nothing. Apply again only
+	// when what this process last applied for the pool differs, or the DaemonSet is gone.
+	// (Hand edits of the shared objects are repaired on the pool's next spec change or
+	// manager restart.)
+	want, err := desiredHash(append(shared, ds)...)
+	if err != nil {
+		return err
+	}
+	if prev, ok := r.applied.Load(pool.Name); ok && prev == want && r.daemonSetExists(ctx, pool) {
+		return nil
+	}
+	for _, obj := range shared {
+		if err := applyShared(ctx, r.Client, obj); err != nil {
+			return err
+		}
+	}
+	if err := applyOwned(ctx, r.Client, r.Scheme, pool, ds); err != nil {
+		return fmt.Errorf("applying probe: %w", err)
+	}
+	r.applied.Store(pool.Name, want)
+	return nil
+}
+
+func (r *GPUPoolReconciler) daemonSetExists(ctx context.Context, pool *servingv1alpha1.GPUPool) bool {
+	ds := &appsv1.DaemonSet{}
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Config.Namespace, Name: ProbeDaemonSetName(pool)}, ds)
+	return err == nil && ds.DeletionTimestamp.IsZero()
+}
+
+// deleteProbe deletes the pool's probe DaemonSet if the cache holds one the pool controls.
+func (r *GPUPoolReconciler) deleteProbe(ctx context.Context, pool *servingv1alpha1.GPUPool) error {
+	ds := &appsv1.DaemonSet{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Config.Namespace, Name: ProbeDaemonSetName(pool)}, ds); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !metav1.IsControlledBy(ds, pool) {
+		return nil
+	}
+	if err := r.Client.Delete(ctx, ds, client.Preconditions{UID: &ds.UID}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting probe DaemonSet: %w", err)
+	}
+	return nil
 }
 
 // computePoolStatus is pure. staleAfter is when the freshest-but-aging report expires

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -27,6 +28,9 @@ const indexModelPool = "spec.gpu.pool"
 
 // Setup registers the reconcilers with the manager.
 func Setup(mgr ctrl.Manager, cfg Config) error {
+	if cfg.Namespace == "" {
+		return errors.New("the manager's namespace (Config.Namespace) must not be empty: probe DaemonSets live there")
+	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &servingv1alpha1.InferenceModel{}, indexModelPool,
 		func(o client.Object) []string {
 			if p := o.(*servingv1alpha1.InferenceModel).Spec.GPU.Pool; p != "" {
@@ -40,7 +44,7 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := models.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up InferenceModel controller: %w", err)
 	}
-	pools := &GPUPoolReconciler{Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("gpupool-controller")}
+	pools := &GPUPoolReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("gpupool-controller"), Config: cfg}
 	if err := pools.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up GPUPool controller: %w", err)
 	}
@@ -93,11 +97,21 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// SetupWithManager watches the pool's nodes, their GPUNode reports and HelixFlow pods.
+// SetupWithManager watches the pool's nodes, their GPUNode reports, HelixFlow pods and the
+// pool's probe DaemonSet.
 func (r *GPUPoolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	c := mgr.GetClient()
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&servingv1alpha1.GPUPool{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		// Someone editing or deleting the DaemonSet brings the pool back; its creation (our own
+		// apply) and its status (pods coming and going on every node) do not.
+		Owns(&appsv1.DaemonSet{}, builder.WithPredicates(predicate.Funcs{
+			CreateFunc: func(event.CreateEvent) bool { return false },
+			UpdateFunc: func(e event.UpdateEvent) bool {
+				return e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() ||
+					!equality.Semantic.DeepEqual(e.ObjectOld.GetLabels(), e.ObjectNew.GetLabels())
+			},
+		})).
 		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
 			return poolRequests(poolsOfNode(ctx, c, o.GetLabels()))
 		}), builder.WithPredicates(nodePlacementChanged())).

@@ -47,6 +47,8 @@ func main() {
 	flag.StringVar(&cfg.UsageEndpoint, "usage-endpoint", cfg.UsageEndpoint,
 		"Address of the manager's usage aggregator that runtimes report to.")
 	flag.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "The cluster's DNS domain, for in-cluster URLs.")
+	flag.StringVar(&cfg.ProbeRuntimeClassName, "probe-runtime-class", cfg.ProbeRuntimeClassName,
+		"RuntimeClass of the GPU probe pods (for example nvidia), when the cluster's default runtime does not expose NVML.")
 	flag.IntVar(&cfg.MaxConcurrentReconciles, "max-concurrent-reconciles", cfg.MaxConcurrentReconciles,
 		"How many InferenceModels are reconciled at once.")
 	zapOpts := zap.Options{}
@@ -55,6 +57,7 @@ func main() {
 	// in-cluster configuration are the fallbacks, as in every controller-runtime manager.
 	flag.Parse()
 	opts.QPS = float32(qps)
+	cfg.Namespace = opts.Namespace
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 
 	restCfg, err := ctrl.GetConfig()

@@ -139,6 +139,7 @@ func cacheOptions() cache.Options {
 			&corev1.Service{}:               owned,
 			&corev1.ServiceAccount{}:        owned,
 			&appsv1.Deployment{}:            owned,
+			&appsv1.DaemonSet{}:             owned,
 			&policyv1.PodDisruptionBudget{}: owned,
 		},
 	}
