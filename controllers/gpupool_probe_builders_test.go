@@ -12,8 +12,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	psaapi "k8s.io/pod-security-admission/api"
-	psapolicy "k8s.io/pod-security-admission/policy"
 	"k8s.io/utils/ptr"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -134,14 +132,7 @@ func TestProbeDaemonSetDefaultsAndRuntimeClass(t *testing.T) {
 }
 
 func TestProbePodSecurityRestricted(t *testing.T) {
-	evaluator, err := psapolicy.NewEvaluator(psapolicy.DefaultChecks(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	restricted := psaapi.LevelVersion{Level: psaapi.LevelRestricted, Version: psaapi.LatestVersion()}
-	evaluate := func(tmpl *corev1.PodTemplateSpec) psapolicy.AggregateCheckResult {
-		return psapolicy.AggregateCheckResults(evaluator.EvaluatePod(restricted, &tmpl.ObjectMeta, &tmpl.Spec))
-	}
+	evaluate := restrictedEvaluator(t)
 	build := func() corev1.PodTemplateSpec {
 		cfg := probeTestConfig()
 		cfg.ProbeRuntimeClassName = "nvidia"

@@ -15,8 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	psaapi "k8s.io/pod-security-admission/api"
-	psapolicy "k8s.io/pod-security-admission/policy"
 	"k8s.io/utils/ptr"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -673,14 +671,7 @@ func TestDeploymentTopologySpread(t *testing.T) {
 }
 
 func TestPodSecurityRestricted(t *testing.T) {
-	evaluator, err := psapolicy.NewEvaluator(psapolicy.DefaultChecks(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	restricted := psaapi.LevelVersion{Level: psaapi.LevelRestricted, Version: psaapi.LatestVersion()}
-	evaluate := func(tmpl *corev1.PodTemplateSpec) psapolicy.AggregateCheckResult {
-		return psapolicy.AggregateCheckResults(evaluator.EvaluatePod(restricted, &tmpl.ObjectMeta, &tmpl.Spec))
-	}
+	evaluate := restrictedEvaluator(t)
 
 	cases := map[string]struct {
 		model *servingv1alpha1.InferenceModel
