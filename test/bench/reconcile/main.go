@@ -34,6 +34,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -119,12 +120,16 @@ func run(n, workers, reconcilers int) error {
 		return fmt.Errorf("manager not ready: %w", err)
 	}
 
+	scheduled, err := watchScheduled(ctx, env.Config, n)
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	if err := parallel(n, workers, func(i int) error { return c.Create(ctx, benchModel("bench", i)) }); err != nil {
 		return fmt.Errorf("creating models: %w", err)
 	}
 	createdIn := time.Since(start)
-	if err := waitConverged(ctx, c, n, 5*time.Minute); err != nil {
+	if err := waitConverged(ctx, c, scheduled, n, 5*time.Minute); err != nil {
 		if tail, rerr := os.ReadFile(logFile.Name()); rerr == nil {
 			lines := strings.Split(string(tail), "\n")
 			fmt.Fprintln(os.Stderr, strings.Join(lines[max(0, len(lines)-30):], "\n"))
@@ -217,31 +222,62 @@ func runBaseline(ctx context.Context, c client.Client, pool *servingv1alpha1.GPU
 	return time.Since(start), err
 }
 
-func waitConverged(ctx context.Context, c client.Client, n int, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		var models servingv1alpha1.InferenceModelList
-		if err := c.List(ctx, &models, client.InNamespace("bench")); err != nil {
-			return err
-		}
-		scheduled := 0
-		for i := range models.Items {
-			if meta.IsStatusConditionTrue(models.Items[i].Status.Conditions, servingv1alpha1.InferenceModelConditionScheduled) {
-				scheduled++
+// watchScheduled watches the bench namespace's InferenceModels and closes the returned
+// channel once n of them have Scheduled=True. A watch, not a polling List: listing a
+// thousand models every few hundred milliseconds would load the API server under test.
+func watchScheduled(ctx context.Context, cfg *rest.Config, n int) (<-chan struct{}, error) {
+	wc, err := client.NewWithWatch(cfg, client.Options{Scheme: testenv.Scheme()})
+	if err != nil {
+		return nil, err
+	}
+	w, err := wc.Watch(ctx, &servingv1alpha1.InferenceModelList{}, client.InNamespace("bench"))
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer w.Stop()
+		scheduled := map[string]bool{}
+		count := 0
+		for ev := range w.ResultChan() {
+			m, ok := ev.Object.(*servingv1alpha1.InferenceModel)
+			if !ok || scheduled[m.Name] {
+				continue
+			}
+			if meta.IsStatusConditionTrue(m.Status.Conditions, servingv1alpha1.InferenceModelConditionScheduled) {
+				scheduled[m.Name] = true
+				if count++; count == n {
+					close(done)
+					return
+				}
 			}
 		}
+	}()
+	return done, nil
+}
+
+// waitConverged waits for every model to be Scheduled (the manager writes that status after
+// it applied the children), then confirms the children exist.
+func waitConverged(ctx context.Context, c client.Client, scheduled <-chan struct{}, n int, timeout time.Duration) error {
+	deadline := time.After(timeout)
+	select {
+	case <-scheduled:
+	case <-deadline:
+		return fmt.Errorf("not all %d models Scheduled after %s", n, timeout)
+	}
+	for {
 		counts, err := childCounts(ctx, c)
 		if err != nil {
 			return err
 		}
-		if scheduled == n && counts[0] == n && counts[1] == n && counts[2] == n {
+		if counts[0] == n && counts[1] == n && counts[2] == n {
 			return nil
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not converged after %s: %d scheduled, children %v", timeout, scheduled, counts)
+		select {
+		case <-deadline:
+			return fmt.Errorf("not converged after %s: children %v", timeout, counts)
+		case <-time.After(250 * time.Millisecond):
 		}
-		// Polling is load on the same API server; a coarse period keeps it small.
-		time.Sleep(250 * time.Millisecond)
 	}
 }
 
