@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // BenchmarkMetricsScrape is one Prometheus scrape of the GPU metrics of an 8-GPU node,
@@ -34,5 +35,20 @@ func BenchmarkObserve(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		m.Observe(snap, nil)
+	}
+}
+
+// BenchmarkBuildStatus is turning an 8-GPU sample into the GPUNode status and deciding
+// whether it changed since the last write: the rest of a probe pass after Sample.
+func BenchmarkBuildStatus(b *testing.B) {
+	snap := h100s(8)
+	now := metav1.Now()
+	prev := BuildStatus(snap, nil, nil, now)
+	b.ReportAllocs()
+	for b.Loop() {
+		st := BuildStatus(snap, nil, prev.Conditions, now)
+		if changed(&prev, &st) {
+			b.Fatal("an identical sample counted as a change")
+		}
 	}
 }
