@@ -50,7 +50,7 @@ type GPUPoolReconciler struct {
 	// Now is the clock used to judge report freshness; time.Now when nil.
 	Now func() time.Time
 
-	// applied maps a pool's name to the hash of the probe objects last applied for it.
+	// applied maps a pool's name to the appliedProbe last applied for it.
 	applied sync.Map
 }
 
@@ -111,14 +111,14 @@ func (r *GPUPoolReconciler) reconcileProbe(ctx context.Context, pool *servingv1a
 	shared, ds := probeSharedObjects(r.Config.Namespace), probeDaemonSet(pool, r.Config)
 	// Every GPUNode heartbeat reconciles the pool; re-applying six unchanged objects each
 	// time would cost a thousand-node cluster ~20 requests/s for nothing. Apply again only
-	// when what this process last applied for the pool differs, or the DaemonSet is gone.
-	// (Hand edits of the shared objects are repaired on the pool's next spec change or
-	// manager restart.)
-	want, err := desiredHash(append(shared, ds)...)
+	// when what this process last applied for the pool differs, or the DaemonSet is gone or
+	// was edited since (its generation moved). Hand edits of the shared objects are repaired
+	// on the pool's next spec change or manager restart.
+	hash, err := desiredHash(append(shared, ds)...)
 	if err != nil {
 		return err
 	}
-	if prev, ok := r.applied.Load(pool.Name); ok && prev == want && r.daemonSetExists(ctx, pool) {
+	if prev, ok := r.applied.Load(pool.Name); ok && prev == (appliedProbe{hash, r.daemonSetGeneration(ctx, pool)}) {
 		return nil
 	}
 	for _, obj := range shared {
@@ -129,14 +129,25 @@ func (r *GPUPoolReconciler) reconcileProbe(ctx context.Context, pool *servingv1a
 	if err := applyOwned(ctx, r.Client, r.Scheme, pool, ds); err != nil {
 		return fmt.Errorf("applying probe: %w", err)
 	}
-	r.applied.Store(pool.Name, want)
+	r.applied.Store(pool.Name, appliedProbe{hash, ds.Generation})
 	return nil
 }
 
-func (r *GPUPoolReconciler) daemonSetExists(ctx context.Context, pool *servingv1alpha1.GPUPool) bool {
+// appliedProbe is what the reconciler last applied for a pool: the desired objects' hash and
+// the DaemonSet generation the API server answered with.
+type appliedProbe struct {
+	hash       string
+	generation int64
+}
+
+// daemonSetGeneration is the cached probe DaemonSet's generation; 0 when it is missing or
+// being deleted.
+func (r *GPUPoolReconciler) daemonSetGeneration(ctx context.Context, pool *servingv1alpha1.GPUPool) int64 {
 	ds := &appsv1.DaemonSet{}
-	err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Config.Namespace, Name: ProbeDaemonSetName(pool)}, ds)
-	return err == nil && ds.DeletionTimestamp.IsZero()
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Config.Namespace, Name: ProbeDaemonSetName(pool)}, ds); err != nil || !ds.DeletionTimestamp.IsZero() {
+		return 0
+	}
+	return ds.Generation
 }
 
 // deleteProbe deletes the pool's probe DaemonSet if the cache holds one the pool controls.

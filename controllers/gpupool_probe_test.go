@@ -121,6 +121,29 @@ func TestProbeDaemonSetLifecycle(t *testing.T) {
 		t.Errorf("DaemonSet rewritten by an unchanged apply: resourceVersion %s -> %s", ds.ResourceVersion, again.ResourceVersion)
 	}
 
+	// Someone editing a field the manager owns gets it set back.
+	eventually(t, "hand edit of the probe args", func() error {
+		edited := &appsv1.DaemonSet{}
+		if err := get(edited, ns, ds.Name); err != nil {
+			return err
+		}
+		edited.Spec.Template.Spec.Containers[0].Args = []string{"probe", "--interval=1h"}
+		return env.Client.Update(ctx, edited)
+	})
+	eventually(t, "probe args restored", func() error {
+		fresh := &appsv1.DaemonSet{}
+		if err := get(fresh, ns, ds.Name); err != nil {
+			return err
+		}
+		if args := fresh.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, "--node-name=$(NODE_NAME)") {
+			return fmt.Errorf("args still %q", args)
+		}
+		return nil
+	})
+	if err := get(ds, ns, ds.Name); err != nil {
+		t.Fatal(err)
+	}
+
 	// Someone deleting the DaemonSet gets it back.
 	if err := env.Client.Delete(ctx, ds); err != nil {
 		t.Fatal(err)
