@@ -161,10 +161,12 @@ func Place(pool string, nodes []Node, req Request) Result {
 		}
 	}
 	res := Result{EligibleNodes: int32(eligible), FittingReplicas: int32(min(fitting, math.MaxInt32))}
-	need := fmt.Sprintf("needs %d GPU(s)", req.GPUs)
+	// perReplica is what one replica asks for, e.g. "2 GPU(s)" or "2 x 80Gi GPU(s)".
+	perReplica := fmt.Sprintf("%d GPU(s)", req.GPUs)
 	if req.MemoryPerGPU != nil {
-		need = fmt.Sprintf("needs %d x %s GPU(s)", req.GPUs, quantityString(*req.MemoryPerGPU))
+		perReplica = fmt.Sprintf("%d x %s GPU(s)", req.GPUs, quantityString(*req.MemoryPerGPU))
 	}
+	need := "needs " + perReplica
 	switch {
 	case notReady == len(nodes):
 		res.Reason = servingv1alpha1.InferenceModelReasonNoMatchingNodes
@@ -177,9 +179,10 @@ func Place(pool string, nodes []Node, req Request) Result {
 		}
 	case eligible == 0:
 		res.Reason = servingv1alpha1.InferenceModelReasonInsufficientGPUMemory
-		res.Message = fmt.Sprintf("%s on one node; largest GPU in pool %s has %s", need, pool, quantityString(*largestMem))
 		if biggest.GPUMemory != nil {
 			res.Message = fmt.Sprintf("%s on one node; largest node in pool %s has %d x %s", need, pool, biggest.Allocatable, quantityString(*biggest.GPUMemory))
+		} else {
+			res.Message = fmt.Sprintf("%s on one node; largest GPU in pool %s has %s", need, pool, quantityString(*largestMem))
 		}
 	default:
 		res.Fits = true
@@ -196,10 +199,10 @@ func Place(pool string, nodes []Node, req Request) Result {
 		if res.FittingReplicas < req.Replicas {
 			res.Reason = servingv1alpha1.InferenceModelReasonPartiallyPlaced
 			res.Message = fmt.Sprintf("%d of %d replicas fit in pool %s (%s each, %d eligible node(s)); the rest stay Pending until GPUs free up",
-				res.FittingReplicas, req.Replicas, pool, need[len("needs "):], eligible)
+				res.FittingReplicas, req.Replicas, pool, perReplica, eligible)
 		} else {
 			res.Message = fmt.Sprintf("%d replica(s) fit in pool %s on %d eligible node(s), %s each",
-				req.Replicas, pool, eligible, need[len("needs "):])
+				req.Replicas, pool, eligible, perReplica)
 		}
 		if len(notes) > 0 {
 			res.Message += "; " + strings.Join(notes, "; ")
