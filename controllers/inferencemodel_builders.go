@@ -43,6 +43,8 @@ type modelDesired struct {
 	pool     *servingv1alpha1.GPUPool
 	replicas int32
 	cfg      Config
+	// keep is the existing Deployment to leave untouched when the model does not fit.
+	keep *appsv1.Deployment
 }
 
 // selectorLabels select a model's pods; they never change after the Deployment exists.

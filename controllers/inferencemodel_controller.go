@@ -68,6 +68,8 @@ func (r *InferenceModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	desired := modelDesired{model: model, pool: verdict.pool, cfg: r.Config}
 	if verdict.fits {
 		desired.replicas = ptr.Deref(model.Spec.Replicas, 1)
+	} else if desired.keep, err = r.ownDeployment(ctx, model); err != nil {
+		return ctrl.Result{}, err
 	}
 	deploy, applyErr := r.applyChildren(ctx, desired)
 	status := computeModelStatus(model, verdict, deploy, applyErr, r.Config.ClusterDomain)
@@ -133,15 +135,40 @@ func (r *InferenceModelReconciler) namespaceAllowed(ctx context.Context, pool *s
 	return sel.Matches(labels.Set(ns.Labels)), nil
 }
 
+// ownDeployment returns the model's Deployment from the cache, or nil when there is none.
+func (r *InferenceModelReconciler) ownDeployment(ctx context.Context, model *servingv1alpha1.InferenceModel) (*appsv1.Deployment, error) {
+	deploy := &appsv1.Deployment{}
+	err := r.Client.Get(ctx, client.ObjectKeyFromObject(model), deploy)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("getting Deployment: %w", err)
+	case !metav1.IsControlledBy(deploy, model):
+		return nil, nil
+	}
+	return deploy, nil
+}
+
 // applyChildren applies every child and returns the Deployment as the server has it.
+// When d.keep is set (the model no longer fits) the running Deployment and its PDB are
+// left exactly as they are: a spec edit that cannot be placed must not start a rollout of
+// pods that can never schedule, and a pool that is deleted or whose nodes all go NotReady
+// for a moment must not tear down replicas that are serving.
 func (r *InferenceModelReconciler) applyChildren(ctx context.Context, d modelDesired) (*appsv1.Deployment, error) {
 	owner := d.model
 	objs, err := DesiredObjects(owner, d.pool, d.replicas, d.cfg)
 	if err != nil {
 		return nil, err
 	}
-	var deploy *appsv1.Deployment
+	deploy := d.keep
 	for _, obj := range objs {
+		if d.keep != nil {
+			switch obj.(type) {
+			case *appsv1.Deployment, *policyv1.PodDisruptionBudget:
+				continue
+			}
+		}
 		if err := applyOwned(ctx, r.Client, r.Scheme, owner, obj); err != nil {
 			return deploy, err
 		}
@@ -149,7 +176,7 @@ func (r *InferenceModelReconciler) applyChildren(ctx context.Context, d modelDes
 			deploy = dep
 		}
 	}
-	if d.replicas > 1 {
+	if d.replicas > 1 || d.keep != nil {
 		return deploy, nil
 	}
 	// One replica or none: a PodDisruptionBudget would block node drains; remove ours.
