@@ -23,10 +23,12 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,14 +49,17 @@ func main() {
 	workers := flag.Int("workers", 4, "concurrent creating clients, for the baseline and for the models")
 	reconcilers := flag.Int("max-concurrent-reconciles", controllers.DefaultConfig().MaxConcurrentReconciles, "the manager's --max-concurrent-reconciles")
 	flag.Parse()
-	if err := run(*models, *workers, *reconcilers); err != nil {
+	// Interrupted (Ctrl-C, a timeout's SIGTERM): the waits end, and run's deferred calls stop
+	// the manager, kube-apiserver and etcd instead of leaving them running.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, *models, *workers, *reconcilers); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, workers, reconcilers int) error {
-	ctx := context.Background()
+func run(ctx context.Context, n, workers, reconcilers int) error {
 	env, err := testenv.Start()
 	if err != nil {
 		return err
@@ -264,6 +269,8 @@ func waitConverged(ctx context.Context, c client.Client, scheduled <-chan struct
 	case <-scheduled:
 	case <-deadline:
 		return fmt.Errorf("not all %d models Scheduled after %s", n, timeout)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 	for {
 		counts, err := childCounts(ctx, c)
@@ -276,6 +283,8 @@ func waitConverged(ctx context.Context, c client.Client, scheduled <-chan struct
 		select {
 		case <-deadline:
 			return fmt.Errorf("not converged after %s: children %v", timeout, counts)
+		case <-ctx.Done():
+			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
