@@ -52,8 +52,9 @@ func main() {
 	// Interrupted (Ctrl-C, a timeout's SIGTERM): the waits end, and run's deferred calls stop
 	// the manager, kube-apiserver and etcd instead of leaving them running.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, *models, *workers, *reconcilers); err != nil {
+	err := run(ctx, *models, *workers, *reconcilers)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
