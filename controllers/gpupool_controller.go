@@ -75,11 +75,7 @@ func (r *GPUPoolReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 			return ctrl.Result{}, fmt.Errorf("updating status: %w", err)
 		}
 		if after := meta.FindStatusCondition(st.Conditions, servingv1alpha1.ConditionReady); before == nil || before.Status != after.Status {
-			eventType := corev1.EventTypeNormal
-			if after.Status != metav1.ConditionTrue {
-				eventType = corev1.EventTypeWarning
-			}
-			r.Recorder.Eventf(pool, nil, eventType, after.Reason, servingv1alpha1.ConditionReady, "%s", after.Message)
+			emitConditionEvent(r.Recorder, pool, after)
 		}
 	}
 	// After the status: the inventory does not depend on the probe objects, and a failure
@@ -100,9 +96,8 @@ func reportTTL(pool *servingv1alpha1.GPUPool) time.Duration {
 // reconcileProbe runs the pool's probe DaemonSet, or removes it when spec.probe.enabled is
 // false. The cluster-wide objects the probe runs under (ServiceAccount, RBAC, admission
 // policy) are shared by every pool and owned by none, so no one pool's deletion takes them
-// from the others; each reconcile of a pool with the probe enabled applies them again, which
-// is a no-op on the server when nothing changed and repairs them when someone did. They
-// outlive the last pool; only pods in the manager's namespace can run as the probe.
+// from the others; they are applied with each pool's DaemonSet, and outlive the last pool.
+// Only pods in the manager's namespace can run as the probe.
 func (r *GPUPoolReconciler) reconcileProbe(ctx context.Context, pool *servingv1alpha1.GPUPool) error {
 	if !pool.Spec.Probe.ProbeEnabled() {
 		r.applied.Delete(pool.Name)

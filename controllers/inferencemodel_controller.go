@@ -285,12 +285,18 @@ func (r *InferenceModelReconciler) recordTransitions(model *servingv1alpha1.Infe
 		if typ == servingv1alpha1.ConditionReady && now.Status != metav1.ConditionTrue && (was == nil || was.Status != metav1.ConditionTrue) {
 			continue
 		}
-		eventType := corev1.EventTypeNormal
-		if now.Status != metav1.ConditionTrue {
-			eventType = corev1.EventTypeWarning
-		}
-		r.Recorder.Eventf(model, nil, eventType, now.Reason, typ, "%s", now.Message)
+		emitConditionEvent(r.Recorder, model, now)
 	}
+}
+
+// emitConditionEvent records a condition as an Event on obj: Normal when it is True,
+// Warning otherwise, with the condition's reason and message and its type as the action.
+func emitConditionEvent(rec events.EventRecorder, obj runtime.Object, c *metav1.Condition) {
+	eventType := corev1.EventTypeNormal
+	if c.Status != metav1.ConditionTrue {
+		eventType = corev1.EventTypeWarning
+	}
+	rec.Eventf(obj, nil, eventType, c.Reason, c.Type, "%s", c.Message)
 }
 
 // modelsInPool lists the InferenceModels that name pool, through the field index.

@@ -80,11 +80,7 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return toModelsOfPools(ctx, poolsOfNode(ctx, c, o.GetLabels()))
 		}), builder.WithPredicates(nodePlacementChanged())).
 		Watches(&servingv1alpha1.GPUNode{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
-			node := &corev1.Node{}
-			if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, node); err != nil {
-				return nil
-			}
-			return toModelsOfPools(ctx, poolsOfNode(ctx, c, node.Labels))
+			return toModelsOfPools(ctx, poolsOfGPUNode(ctx, c, o))
 		}), builder.WithPredicates(gpuNodeDevicesChanged())).
 		// A pod bound or gone changes what fits for every model in its pool.
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
@@ -116,11 +112,7 @@ func (r *GPUPoolReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return poolRequests(poolsOfNode(ctx, c, o.GetLabels()))
 		}), builder.WithPredicates(nodePlacementChanged())).
 		Watches(&servingv1alpha1.GPUNode{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
-			node := &corev1.Node{}
-			if err := c.Get(ctx, client.ObjectKey{Name: o.GetName()}, node); err != nil {
-				return nil
-			}
-			return poolRequests(poolsOfNode(ctx, c, node.Labels))
+			return poolRequests(poolsOfGPUNode(ctx, c, o))
 		})).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []ctrl.Request {
 			if p := o.GetLabels()[servingv1alpha1.LabelGPUPool]; p != "" {
@@ -155,6 +147,15 @@ func poolsOfNode(ctx context.Context, c client.Reader, nodeLabels map[string]str
 		}
 	}
 	return names
+}
+
+// poolsOfGPUNode returns the pools of the node a GPUNode report describes (same name).
+func poolsOfGPUNode(ctx context.Context, c client.Reader, report client.Object) []string {
+	node := &corev1.Node{}
+	if err := c.Get(ctx, client.ObjectKey{Name: report.GetName()}, node); err != nil {
+		return nil
+	}
+	return poolsOfNode(ctx, c, node.Labels)
 }
 
 // nodePlacementChanged passes node events that can change placement: labels, GPU capacity,

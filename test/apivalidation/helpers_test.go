@@ -19,36 +19,39 @@ import (
 // Go types cannot express (unknown enum strings, wrong types, malformed durations).
 type mutation func(obj map[string]any)
 
+// parent walks obj down the dotted path to the map holding its last key, creating
+// missing maps when create is set; nil when a map is missing and create is not.
+func parent(obj map[string]any, path string, create bool) (map[string]any, string) {
+	keys := strings.Split(path, ".")
+	m := obj
+	for _, k := range keys[:len(keys)-1] {
+		next, ok := m[k].(map[string]any)
+		if !ok {
+			if !create {
+				return nil, ""
+			}
+			next = map[string]any{}
+			m[k] = next
+		}
+		m = next
+	}
+	return m, keys[len(keys)-1]
+}
+
 // set returns a mutation that sets the dotted path to v, creating maps on the way.
 func set(path string, v any) mutation {
 	return func(obj map[string]any) {
-		keys := strings.Split(path, ".")
-		m := obj
-		for _, k := range keys[:len(keys)-1] {
-			next, ok := m[k].(map[string]any)
-			if !ok {
-				next = map[string]any{}
-				m[k] = next
-			}
-			m = next
-		}
-		m[keys[len(keys)-1]] = v
+		m, key := parent(obj, path, true)
+		m[key] = v
 	}
 }
 
 // unset returns a mutation that removes the dotted path.
 func unset(path string) mutation {
 	return func(obj map[string]any) {
-		keys := strings.Split(path, ".")
-		m := obj
-		for _, k := range keys[:len(keys)-1] {
-			next, ok := m[k].(map[string]any)
-			if !ok {
-				return
-			}
-			m = next
+		if m, key := parent(obj, path, false); m != nil {
+			delete(m, key)
 		}
-		delete(m, keys[len(keys)-1])
 	}
 }
 
