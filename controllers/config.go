@@ -6,6 +6,7 @@ package controllers
 import (
 	"fmt"
 	"os"
+	"time"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
@@ -32,6 +33,8 @@ type Config struct {
 	// ProbeRuntimeClassName, when set, is the RuntimeClass of probe pods: the one that runs
 	// the NVIDIA container runtime where it is not the node's default (GPU Operator: nvidia).
 	ProbeRuntimeClassName string
+	// KeyRotationGrace is how long a rotated-out API key stays valid.
+	KeyRotationGrace time.Duration
 }
 
 // DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
@@ -57,6 +60,7 @@ func DefaultConfig() Config {
 		// then the bottleneck).
 		MaxConcurrentReconciles: 8,
 		Namespace:               defaultNamespace(),
+		KeyRotationGrace:        DefaultKeyRotationGrace,
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -47,6 +48,11 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	pools := &GPUPoolReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("gpupool-controller"), Config: cfg}
 	if err := pools.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up GPUPool controller: %w", err)
+	}
+	keys := &ApiKeyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(),
+		Recorder: mgr.GetEventRecorder("apikey-controller"), RotationGrace: cfg.KeyRotationGrace, Now: time.Now}
+	if err := keys.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up ApiKey controller: %w", err)
 	}
 	return nil
 }

@@ -41,10 +41,19 @@ var testConfig = func() Config {
 // startManager runs a manager with the reconcilers until the returned func is called.
 func startManager(t *testing.T) (stop func()) {
 	t.Helper()
+	return startManagerWith(t, testConfig, nil)
+}
+
+// startManagerWith runs a manager with cfg; tune, when set, changes the manager's options.
+func startManagerWith(t *testing.T, cfg Config, tune func(*manager.Options)) (stop func()) {
+	t.Helper()
 	opts := manager.DefaultOptions()
 	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
 	opts.SkipControllerNameValidation = true
-	opts.Setup = []func(ctrl.Manager) error{func(mgr ctrl.Manager) error { return Setup(mgr, testConfig) }}
+	opts.Setup = []func(ctrl.Manager) error{func(mgr ctrl.Manager) error { return Setup(mgr, cfg) }}
+	if tune != nil {
+		tune(&opts)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- manager.Run(ctx, env.Config, opts) }()

@@ -3,8 +3,6 @@ package auth
 import (
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/meta"
-
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
 
@@ -20,14 +18,16 @@ const (
 
 // KeyRefusal is the one rule, shared by the manager (conditions, token service) and the
 // runtimes, for whether an ApiKey is usable at now. Expiry is read from spec so it holds even
-// before the controller has written status.
+// before the controller has written status; the quota from status.usage.
 func KeyRefusal(ak *servingv1alpha1.ApiKey, now time.Time) Refusal {
 	switch {
 	case ak.Spec.Suspend != nil && *ak.Spec.Suspend:
 		return RefusalSuspended
 	case ak.Spec.ExpiresAt != nil && !now.Before(ak.Spec.ExpiresAt.Time):
 		return RefusalExpired
-	case meta.IsStatusConditionTrue(ak.Status.Conditions, servingv1alpha1.ApiKeyConditionQuotaExhausted):
+	case QuotaExhausted(ak, now):
+		// From the counted usage, not the condition: runtimes refuse as soon as the aggregator
+		// records the last allowed token, and accept again when a new window starts.
 		return RefusalQuotaExhausted
 	}
 	return RefusalNone
