@@ -8,6 +8,8 @@ GO        ?= go
 TOOLS_BIN := $(CURDIR)/hack/tools/bin
 CONTROLLER_GEN := $(TOOLS_BIN)/controller-gen
 GOLANGCI_LINT  := $(TOOLS_BIN)/golangci-lint
+PROTOC_GEN_GO      := $(TOOLS_BIN)/protoc-gen-go
+PROTOC_GEN_GO_GRPC := $(TOOLS_BIN)/protoc-gen-go-grpc
 
 GO_TEST_FLAGS ?=
 
@@ -30,6 +32,16 @@ generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and markers.
 	$(CONTROLLER_GEN) crd paths=./api/... output:crd:artifacts:config=config/crd/bases
 	$(CONTROLLER_GEN) rbac:roleName=helixflow-manager paths="./cmd/...;./internal/...;./controllers/..." output:rbac:artifacts:config=config/rbac
+
+.PHONY: proto
+proto: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## Generate the gRPC Go code from proto/ (protoc from Debian, plugins pinned in hack/tools).
+	@protoc=$$(hack/install-protoc.sh); \
+	rm -f internal/runtime/grpc/inferencev1/*.pb.go; \
+	echo "$$protoc proto/ -> internal/runtime/grpc/inferencev1"; \
+	"$$protoc" --proto_path=proto \
+		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/helixflow/helixflow \
+		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=. --go-grpc_opt=module=github.com/helixflow/helixflow \
+		$$(cd proto && find . -name '*.proto' | sed 's|^\./||' | LC_ALL=C sort)
 
 .PHONY: fmt
 fmt: ## Format the code (rewrites files; `make verify` only checks).
@@ -65,14 +77,14 @@ bench: ## Reconcile benchmark against a real API server (prints figures; BENCH_M
 	@dir=$$(hack/testbin/build.sh); KUBEBUILDER_ASSETS="$$dir" $(GO) run ./test/bench/reconcile -models $(BENCH_MODELS)
 
 .PHONY: verify
-verify: generate manifests ## Regenerate, then fail on any diff; gofmt, go vet, golangci-lint, tidy.
+verify: generate manifests proto ## Regenerate, then fail on any diff; gofmt, go vet, golangci-lint, tidy.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 	$(MAKE) lint
-	@if [[ -n "$$(git status --porcelain -- api config charts go.mod go.sum)" ]]; then \
-		echo "generated files are out of date; run 'make generate manifests' and commit:"; \
-		git status --porcelain -- api config charts go.mod go.sum; git diff --stat; exit 1; fi
+	@if [[ -n "$$(git status --porcelain -- api config charts go.mod go.sum internal/runtime/grpc proto)" ]]; then \
+		echo "generated files are out of date; run 'make generate manifests proto' and commit:"; \
+		git status --porcelain -- api config charts go.mod go.sum internal/runtime/grpc proto; git diff --stat; exit 1; fi
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint.
@@ -80,6 +92,12 @@ lint: $(GOLANGCI_LINT) ## Run golangci-lint.
 
 $(CONTROLLER_GEN): hack/tools/go.mod
 	cd hack/tools && $(GO) build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
+
+$(PROTOC_GEN_GO): hack/tools/go.mod
+	cd hack/tools && $(GO) build -o $(PROTOC_GEN_GO) google.golang.org/protobuf/cmd/protoc-gen-go
+
+$(PROTOC_GEN_GO_GRPC): hack/tools/go.mod
+	cd hack/tools && $(GO) build -o $(PROTOC_GEN_GO_GRPC) google.golang.org/grpc/cmd/protoc-gen-go-grpc
 
 $(GOLANGCI_LINT): hack/lint/go.mod
 	cd hack/lint && $(GO) build -o $(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
