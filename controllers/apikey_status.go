@@ -74,7 +74,7 @@ func setApiKeyConditions(st *servingv1alpha1.ApiKeyStatus, ak *servingv1alpha1.A
 	} else {
 		setCondition(&st.Conditions, servingv1alpha1.ApiKeyConditionExpired, metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonNotExpired, "", gen)
 	}
-	SetQuotaCondition(st, ak, now)
+	auth.SetQuotaCondition(st, ak, now)
 
 	refusal := auth.KeyRefusal(ak, now)
 	switch {
@@ -86,34 +86,6 @@ func setApiKeyConditions(st *servingv1alpha1.ApiKeyStatus, ak *servingv1alpha1.A
 		setCondition(&st.Conditions, servingv1alpha1.ConditionReady, metav1.ConditionTrue, servingv1alpha1.ApiKeyReasonKeyActive,
 			fmt.Sprintf("key %s is accepted", st.KeyID), gen)
 	}
-}
-
-// SetQuotaCondition sets QuotaExhausted from the usage counted in the current window. The
-// usage aggregator calls it too when it writes usage, so the condition follows the counts.
-func SetQuotaCondition(st *servingv1alpha1.ApiKeyStatus, ak *servingv1alpha1.ApiKey, now time.Time) {
-	withUsage := *ak
-	withUsage.Status.Usage = st.Usage
-	q := ak.Spec.Quota
-	switch {
-	case q == nil:
-		setCondition(&st.Conditions, servingv1alpha1.ApiKeyConditionQuotaExhausted, metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonWithinQuota, "no quota", ak.Generation)
-	case auth.QuotaExhausted(&withUsage, now):
-		setCondition(&st.Conditions, servingv1alpha1.ApiKeyConditionQuotaExhausted, metav1.ConditionTrue, servingv1alpha1.ApiKeyReasonQuotaExhausted,
-			fmt.Sprintf("used %d of %d tokens this %s; the window resets at %s", auth.QuotaUsed(&withUsage, now), q.Tokens,
-				quotaWindow(q), auth.QuotaWindowEnd(q.Window, now).Format(time.RFC3339)), ak.Generation)
-	default:
-		setCondition(&st.Conditions, servingv1alpha1.ApiKeyConditionQuotaExhausted, metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonWithinQuota,
-			fmt.Sprintf("used %d of %d tokens this %s", auth.QuotaUsed(&withUsage, now), q.Tokens, quotaWindow(q)), ak.Generation)
-	}
-}
-
-func quotaWindow(q *servingv1alpha1.TokenQuota) string {
-	if q.Window == "" {
-		return "month"
-	}
-	return map[servingv1alpha1.QuotaWindow]string{
-		servingv1alpha1.QuotaWindowDay: "day", servingv1alpha1.QuotaWindowWeek: "week", servingv1alpha1.QuotaWindowMonth: "month",
-	}[q.Window]
 }
 
 func refusalMessage(ak *servingv1alpha1.ApiKey, r auth.Refusal) string {

@@ -1,7 +1,11 @@
 package auth
 
 import (
+	"fmt"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
@@ -51,4 +55,34 @@ func QuotaUsed(ak *servingv1alpha1.ApiKey, now time.Time) int64 {
 // QuotaExhausted reports whether ak has used its whole token quota in the current window.
 func QuotaExhausted(ak *servingv1alpha1.ApiKey, now time.Time) bool {
 	return ak.Spec.Quota != nil && QuotaUsed(ak, now) >= ak.Spec.Quota.Tokens
+}
+
+// SetQuotaCondition sets the QuotaExhausted condition of st from the usage it holds, counted
+// in the current window. The ApiKey controller and the usage aggregator both call it, so the
+// condition follows the counts whoever wrote them.
+func SetQuotaCondition(st *servingv1alpha1.ApiKeyStatus, ak *servingv1alpha1.ApiKey, now time.Time) {
+	withUsage := *ak
+	withUsage.Status.Usage = st.Usage
+	q := ak.Spec.Quota
+	cond := metav1.Condition{Type: servingv1alpha1.ApiKeyConditionQuotaExhausted, ObservedGeneration: ak.Generation,
+		Status: metav1.ConditionFalse, Reason: servingv1alpha1.ApiKeyReasonWithinQuota, Message: "no quota"}
+	if q != nil {
+		used, window := QuotaUsed(&withUsage, now), quotaWindowName(q.Window)
+		cond.Message = fmt.Sprintf("used %d of %d tokens this %s", used, q.Tokens, window)
+		if used >= q.Tokens {
+			cond.Status, cond.Reason = metav1.ConditionTrue, servingv1alpha1.ApiKeyReasonQuotaExhausted
+			cond.Message += "; the window resets at " + QuotaWindowEnd(q.Window, now).Format(time.RFC3339)
+		}
+	}
+	meta.SetStatusCondition(&st.Conditions, cond)
+}
+
+func quotaWindowName(w servingv1alpha1.QuotaWindow) string {
+	switch w {
+	case servingv1alpha1.QuotaWindowDay:
+		return "day"
+	case servingv1alpha1.QuotaWindowWeek:
+		return "week"
+	}
+	return "month"
 }
