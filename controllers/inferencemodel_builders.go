@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	resourcev1 "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -16,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/auth"
 )
 
 // Paths inside model pods.
@@ -74,6 +76,33 @@ func (d modelDesired) serviceAccount() *corev1.ServiceAccount {
 	return &corev1.ServiceAccount{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
 		ObjectMeta: d.meta(d.model.Name),
+	}
+}
+
+// runtimeRole lets the pod's `runtime serve` read what it enforces: its own InferenceModel,
+// the namespace's ApiKeys and the published JWKS. Nothing else, and nothing to write.
+func (d modelDesired) runtimeRole() *rbacv1.Role {
+	read := []string{"get", "list", "watch"}
+	return &rbacv1.Role{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
+		ObjectMeta: d.meta(d.model.Name + "-runtime"),
+		Rules: []rbacv1.PolicyRule{
+			// resourceNames with list/watch work for a metadata.name field selector, which is
+			// how the runtime watches these two.
+			{APIGroups: []string{servingv1alpha1.GroupVersion.Group}, Resources: []string{"inferencemodels"}, ResourceNames: []string{d.model.Name}, Verbs: read},
+			{APIGroups: []string{""}, Resources: []string{"configmaps"}, ResourceNames: []string{auth.JWKSConfigMapName}, Verbs: read},
+			{APIGroups: []string{servingv1alpha1.GroupVersion.Group}, Resources: []string{"apikeys"}, Verbs: read},
+		},
+	}
+}
+
+func (d modelDesired) runtimeRoleBinding() *rbacv1.RoleBinding {
+	name := d.model.Name + "-runtime"
+	return &rbacv1.RoleBinding{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
+		ObjectMeta: d.meta(name),
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: d.model.Name, Namespace: d.model.Namespace}},
 	}
 }
 
@@ -372,7 +401,8 @@ func (d modelDesired) runtimeContainer() corev1.Container {
 	m := d.model
 	args := []string{
 		"serve",
-		"--model=" + m.Namespace + "/" + m.Name,
+		"--model=" + m.Name,
+		"--namespace=" + m.Namespace,
 		fmt.Sprintf("--upstream=http://127.0.0.1:%d", m.Spec.Engine.Port),
 		fmt.Sprintf("--http-address=:%d", servingv1alpha1.RuntimeHTTPPort),
 		fmt.Sprintf("--grpc-address=:%d", servingv1alpha1.RuntimeGRPCPort),
@@ -417,7 +447,7 @@ func DesiredObjects(model *servingv1alpha1.InferenceModel, pool *servingv1alpha1
 	if err != nil {
 		return nil, err
 	}
-	objs := []client.Object{d.serviceAccount(), d.service()}
+	objs := []client.Object{d.serviceAccount(), d.runtimeRole(), d.runtimeRoleBinding(), d.service()}
 	if d.usesDRA() {
 		objs = append(objs, d.resourceClaimTemplate())
 	}

@@ -9,6 +9,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +23,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/signing"
+	"github.com/helixflow/helixflow/internal/tokenservice"
 )
 
 // indexModelPool indexes InferenceModels by spec.gpu.pool.
@@ -49,10 +52,41 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 	if err := pools.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up GPUPool controller: %w", err)
 	}
+	return setupAuth(mgr, cfg)
+}
+
+// setupAuth registers the ApiKey controller, the signing-key rotation and loading, the JWKS
+// publisher and the token service.
+func setupAuth(mgr ctrl.Manager, cfg Config) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &servingv1alpha1.ApiKey{}, indexApiKeyHash, apiKeyHashes); err != nil {
+		return fmt.Errorf("indexing ApiKeys by key hash: %w", err)
+	}
 	keys := &ApiKeyReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(),
 		Recorder: mgr.GetEventRecorder("apikey-controller"), RotationGrace: cfg.KeyRotationGrace, Now: time.Now}
 	if err := keys.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up ApiKey controller: %w", err)
+	}
+	rotator := &SigningKeyReconciler{Client: mgr.GetClient(), Namespace: cfg.Namespace, Algorithm: cfg.JWTAlgorithm,
+		RotationPeriod: cfg.JWTRotationPeriod, MaxTokenTTL: cfg.MaxTokenTTL, Now: time.Now}
+	if err := rotator.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up signing-key controller: %w", err)
+	}
+	store := &signing.Store{}
+	loader := &SigningKeyLoader{Client: mgr.GetClient(), Namespace: cfg.Namespace, Store: store}
+	if err := loader.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up signing-key loader: %w", err)
+	}
+	jwks := &JWKSReconciler{Client: mgr.GetClient(), Namespace: cfg.Namespace, Issuer: cfg.JWTIssuer}
+	if err := jwks.SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up JWKS publisher: %w", err)
+	}
+	tokens := &tokenservice.Server{
+		Lookup: cachedKeyLookup{reader: mgr.GetClient()}, Keys: store, Issuer: cfg.JWTIssuer,
+		DefaultTTL: cfg.TokenTTL, MaxTTL: cfg.MaxTokenTTL, Log: mgr.GetLogger().WithName("tokenservice"),
+		Addr: cfg.TokenServiceBindAddress,
+	}
+	if err := mgr.Add(tokens); err != nil {
+		return fmt.Errorf("adding token service: %w", err)
 	}
 	return nil
 }
@@ -77,6 +111,8 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.Deployment{}, notCreate).
 		Owns(&corev1.Service{}, notCreate).
 		Owns(&corev1.ServiceAccount{}, notCreate).
+		Owns(&rbacv1.Role{}, notCreate).
+		Owns(&rbacv1.RoleBinding{}, notCreate).
 		Owns(&policyv1.PodDisruptionBudget{}, notCreate).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Config.MaxConcurrentReconciles, 1)}).
 		Watches(&servingv1alpha1.GPUPool{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {

@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -141,6 +142,8 @@ func cacheOptions() cache.Options {
 			&appsv1.Deployment{}:            owned,
 			&appsv1.DaemonSet{}:             owned,
 			&policyv1.PodDisruptionBudget{}: owned,
+			&rbacv1.Role{}:                  owned,
+			&rbacv1.RoleBinding{}:           owned,
 		},
 	}
 }
