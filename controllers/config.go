@@ -9,6 +9,9 @@ import (
 	"time"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/auth"
+	"github.com/helixflow/helixflow/internal/signing"
+	"github.com/helixflow/helixflow/internal/tokenservice"
 )
 
 // FieldOwner is the server-side apply field manager of everything the manager writes.
@@ -35,6 +38,17 @@ type Config struct {
 	ProbeRuntimeClassName string
 	// KeyRotationGrace is how long a rotated-out API key stays valid.
 	KeyRotationGrace time.Duration
+
+	// JWTAlgorithm signs tokens: RS256 (RSA 2048) or ES256 (P-256).
+	JWTAlgorithm signing.Algorithm
+	// JWTRotationPeriod is how long a signing key is the active one.
+	JWTRotationPeriod time.Duration
+	// JWTIssuer is the iss of every token, published to the runtimes with the JWKS.
+	JWTIssuer string
+	// TokenTTL and MaxTokenTTL are a token's default and longest lifetime.
+	TokenTTL, MaxTokenTTL time.Duration
+	// TokenServiceBindAddress serves POST /v1/tokens and the JWKS; "0" disables it.
+	TokenServiceBindAddress string
 }
 
 // DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
@@ -61,6 +75,12 @@ func DefaultConfig() Config {
 		MaxConcurrentReconciles: 8,
 		Namespace:               defaultNamespace(),
 		KeyRotationGrace:        DefaultKeyRotationGrace,
+		JWTAlgorithm:            signing.RS256,
+		JWTRotationPeriod:       720 * time.Hour,
+		JWTIssuer:               auth.DefaultIssuer,
+		TokenTTL:                tokenservice.DefaultTTL,
+		MaxTokenTTL:             tokenservice.DefaultMaxTTL,
+		TokenServiceBindAddress: tokenservice.DefaultBindAddress,
 	}
 }
 

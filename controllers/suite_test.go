@@ -35,6 +35,8 @@ func TestMain(m *testing.M) {
 var testConfig = func() Config {
 	c := DefaultConfig()
 	c.RuntimeImage = "example.test/helixflow/runtime:test"
+	// Several managers run in one test binary, and other packages' tests run beside it.
+	c.TokenServiceBindAddress = "0"
 	return c
 }()
 

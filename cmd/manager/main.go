@@ -14,6 +14,7 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/controllers"
 	"github.com/helixflow/helixflow/internal/manager"
+	"github.com/helixflow/helixflow/internal/signing"
 )
 
 func main() {
@@ -51,6 +52,20 @@ func main() {
 		"RuntimeClass of the GPU probe pods (for example nvidia), when the cluster's default runtime does not expose NVML.")
 	flag.IntVar(&cfg.MaxConcurrentReconciles, "max-concurrent-reconciles", cfg.MaxConcurrentReconciles,
 		"How many InferenceModels are reconciled at once.")
+	flag.DurationVar(&cfg.KeyRotationGrace, "api-key-rotation-grace", cfg.KeyRotationGrace,
+		"How long the previous key of a rotated ApiKey stays valid.")
+	flag.StringVar(&cfg.TokenServiceBindAddress, "token-service-bind-address", cfg.TokenServiceBindAddress,
+		"Address the token service (POST /v1/tokens, /.well-known/jwks.json) binds to; 0 disables it.")
+	flag.Func("jwt-algorithm", "Algorithm of new JWT signing keys: RS256 (RSA 2048, default) or ES256 (P-256).", func(v string) error {
+		alg, err := signing.ParseAlgorithm(v)
+		cfg.JWTAlgorithm = alg
+		return err
+	})
+	flag.DurationVar(&cfg.JWTRotationPeriod, "jwt-rotation-period", cfg.JWTRotationPeriod,
+		"How long a JWT signing key signs before a new one replaces it; the old one stays published until its tokens expire.")
+	flag.StringVar(&cfg.JWTIssuer, "jwt-issuer", cfg.JWTIssuer, "The iss claim of issued tokens, which runtimes require.")
+	flag.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "Lifetime of an issued token when the request does not ask for one.")
+	flag.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", cfg.MaxTokenTTL, "Longest lifetime a token request may ask for.")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	// --kubeconfig is registered on flag.CommandLine by controller-runtime; KUBECONFIG and

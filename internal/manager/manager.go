@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -60,6 +61,8 @@ type Options struct {
 	SkipControllerNameValidation bool
 	// Setup registers reconcilers and other runnables on the manager before it starts.
 	Setup []func(ctrl.Manager) error
+	// Logger, when set, replaces the global controller-runtime logger for this manager.
+	Logger logr.Logger
 }
 
 // DefaultOptions returns the documented defaults, with the namespace from POD_NAMESPACE.
@@ -99,6 +102,7 @@ func New(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 		GracefulShutdownTimeout:       &shutdown,
 		Cache:                         cacheOptions(),
 		Controller:                    config.Controller{SkipNameValidation: ptr.To(opts.SkipControllerNameValidation)},
+		Logger:                        opts.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating manager: %w", err)

@@ -1,0 +1,146 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/auth"
+	"github.com/helixflow/helixflow/internal/signing"
+)
+
+// publishedKids returns the key IDs in a namespace's JWKS ConfigMap, sorted.
+func publishedKids(ns string) ([]string, error) {
+	cm := &corev1.ConfigMap{}
+	if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
+		return nil, err
+	}
+	if cm.Data[auth.IssuerDataKey] != auth.DefaultIssuer {
+		return nil, fmt.Errorf("issuer %q published, want %q", cm.Data[auth.IssuerDataKey], auth.DefaultIssuer)
+	}
+	keys, err := signing.ParseJWKS([]byte(cm.Data[auth.JWKSDataKey]))
+	if err != nil {
+		return nil, err
+	}
+	kids := make([]string, 0, len(keys))
+	for kid := range keys {
+		kids = append(kids, kid)
+	}
+	sort.Strings(kids)
+	return kids, nil
+}
+
+// signingKids reads the key IDs, active first, from the manager's signing-key Secret.
+func signingKids(t *testing.T) []string {
+	t.Helper()
+	sec := &corev1.Secret{}
+	if err := get(sec, testConfig.Namespace, SigningKeySecretName); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := signing.DecodeSecretData(sec.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, k := range ks.Keys {
+		kids = append(kids, k.ID)
+	}
+	return kids
+}
+
+func simpleModel(ns, name string) *servingv1alpha1.InferenceModel {
+	return &servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: servingv1alpha1.InferenceModelSpec{
+			Model:    servingv1alpha1.ModelSource{URI: "hf://org/model"},
+			Engine:   servingv1alpha1.EngineSpec{Type: servingv1alpha1.EngineVLLM},
+			Replicas: ptr.To[int32](0),
+		},
+	}
+}
+
+func TestJWKSPublishedWhereModelsAreAndFollowsRotation(t *testing.T) {
+	managerNamespace(t)
+	ctx := context.Background()
+	// Start from no keys, whatever an earlier test left.
+	_ = env.Client.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: testConfig.Namespace, Name: SigningKeySecretName}})
+	cfg := testConfig
+	cfg.JWTRotationPeriod = 4 * time.Second
+	startManagerWith(t, cfg, nil)
+
+	withModel, without := newNamespace(t, nil), newNamespace(t, nil)
+	model := simpleModel(withModel, "m")
+	if err := env.Client.Create(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	var first []string
+	eventually(t, "JWKS in the model's namespace", func() error {
+		kids, err := publishedKids(withModel)
+		if err != nil {
+			return err
+		}
+		if len(kids) != 1 {
+			return fmt.Errorf("published %v, want one key", kids)
+		}
+		first = kids
+		return nil
+	})
+	if got := signingKids(t); got[0] != first[0] {
+		t.Errorf("published kid %v is not the active signing key %v", first, got)
+	}
+	if err := get(&corev1.ConfigMap{}, without, auth.JWKSConfigMapName); !apierrors.IsNotFound(err) {
+		t.Errorf("JWKS ConfigMap in a namespace without models: %v", err)
+	}
+	// The private key never leaves the manager's namespace.
+	if err := get(&corev1.Secret{}, withModel, SigningKeySecretName); !apierrors.IsNotFound(err) {
+		t.Errorf("signing-key Secret found in a model namespace: %v", err)
+	}
+
+	// After the rotation period a new key is active and both are published: tokens signed by
+	// the old key keep verifying until they expire.
+	eventually(t, "rotated JWKS", func() error {
+		kids, err := publishedKids(withModel)
+		if err != nil {
+			return err
+		}
+		if len(kids) < 2 || !contains(kids, first[0]) {
+			return fmt.Errorf("published %v, want the new key beside %s", kids, first[0])
+		}
+		return nil
+	})
+	if active := signingKids(t)[0]; active == first[0] {
+		t.Errorf("active key still %s after the rotation period", active)
+	}
+
+	// Someone deleting the ConfigMap gets it back; the last model going takes it away.
+	if err := env.Client.Delete(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: withModel, Name: auth.JWKSConfigMapName}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "JWKS restored", func() error { _, err := publishedKids(withModel); return err })
+	if err := env.Client.Delete(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "JWKS removed with the last model", func() error {
+		if err := get(&corev1.ConfigMap{}, withModel, auth.JWKSConfigMapName); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("ConfigMap still there: %v", err)
+		}
+		return nil
+	})
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
