@@ -11,6 +11,10 @@ GOLANGCI_LINT  := $(TOOLS_BIN)/golangci-lint
 PROTOC_GEN_GO      := $(TOOLS_BIN)/protoc-gen-go
 PROTOC_GEN_GO_GRPC := $(TOOLS_BIN)/protoc-gen-go-grpc
 
+# PROTO_GO_DIRS hold the code generated from proto/ (each .proto's go_package); `make proto`
+# empties them first so a removed .proto leaves no stale file behind.
+PROTO_GO_DIRS := internal/runtime/grpc/inferencev1 internal/usage/usagev1
+
 GO_TEST_FLAGS ?=
 
 .PHONY: all
@@ -36,8 +40,8 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the API types and ma
 .PHONY: proto
 proto: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) ## Generate the gRPC Go code from proto/ (protoc from Debian, plugins pinned in hack/tools).
 	@protoc=$$(hack/install-protoc.sh); \
-	rm -f internal/runtime/grpc/inferencev1/*.pb.go; \
-	echo "$$protoc proto/ -> internal/runtime/grpc/inferencev1"; \
+	rm -f $(PROTO_GO_DIRS:%=%/*.pb.go); \
+	echo "$$protoc proto/ -> $(PROTO_GO_DIRS)"; \
 	"$$protoc" --proto_path=proto \
 		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=. --go_opt=module=github.com/helixflow/helixflow \
 		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=. --go-grpc_opt=module=github.com/helixflow/helixflow \
@@ -76,15 +80,19 @@ BENCH_MODELS ?= 200
 bench: ## Reconcile benchmark against a real API server (prints figures; BENCH_MODELS=1000 for the target).
 	@dir=$$(hack/testbin/build.sh); KUBEBUILDER_ASSETS="$$dir" $(GO) run ./test/bench/reconcile -models $(BENCH_MODELS)
 
+.PHONY: bench-dataplane
+bench-dataplane: ## Data-plane benchmark: direct vs runtime serve vs nginx (prints figures).
+	$(GO) run ./test/bench/dataplane $(BENCH_DATAPLANE_FLAGS)
+
 .PHONY: verify
 verify: generate manifests proto ## Regenerate, then fail on any diff; gofmt, go vet, golangci-lint, tidy.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [[ -n "$$out" ]]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) mod tidy -diff
 	$(MAKE) lint
-	@if [[ -n "$$(git status --porcelain -- api config charts go.mod go.sum internal/runtime/grpc proto)" ]]; then \
+	@if [[ -n "$$(git status --porcelain -- api config charts go.mod go.sum internal/runtime/grpc internal/usage proto)" ]]; then \
 		echo "generated files are out of date; run 'make generate manifests proto' and commit:"; \
-		git status --porcelain -- api config charts go.mod go.sum internal/runtime/grpc proto; git diff --stat; exit 1; fi
+		git status --porcelain -- api config charts go.mod go.sum internal/runtime/grpc internal/usage proto; git diff --stat; exit 1; fi
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## Run golangci-lint.

@@ -222,6 +222,32 @@ type KeyUsage struct {
 	// lastUsedTime is when the key was last used.
 	// +optional
 	LastUsedTime *metav1.Time `json:"lastUsedTime,omitempty"`
+	// reporters is the last batch the usage aggregator applied to this key from each runtime
+	// process, written together with the counts so that a batch sent again (its
+	// acknowledgement lost, or the manager restarted) is not counted twice. Entries not
+	// updated for an hour are dropped, and the oldest beyond 64.
+	// +optional
+	// +listType=map
+	// +listMapKey=id
+	// +kubebuilder:validation:MaxItems=64
+	Reporters []UsageReporter `json:"reporters,omitempty"`
+}
+
+// UsageReporter is the last usage batch applied to a key from one runtime process.
+type UsageReporter struct {
+	// id names the runtime process: its pod name and a random nonce chosen at start.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	ID string `json:"id"`
+	// seq is the sequence number of the last batch applied from this reporter; batches with
+	// a seq at or below it are duplicates.
+	// +required
+	// +kubebuilder:validation:Minimum=1
+	Seq int64 `json:"seq"`
+	// lastReportTime is when a batch from this reporter was last applied to the key.
+	// +required
+	LastReportTime metav1.Time `json:"lastReportTime"`
 }
 
 // ApiKey is a client credential for HelixFlow models, with scopes, rate limits, a token

@@ -1,0 +1,41 @@
+// Package usage counts what each ApiKey uses, exactly once, into the key's status.usage.
+//
+// Two halves talk over gRPC (helixflow.usage.v1.UsageAggregator, see
+// proto/helixflow/usage/v1/usage.proto):
+//
+//   - Reporter, in every `runtime serve` process: Record adds a request's tokens to an
+//     in-memory map (cheap, never blocks on the network). Every Interval a background loop cuts
+//     the pending counts into a batch with the next sequence number and sends it, resending the
+//     very same batch with capped exponential backoff until it is acknowledged; batches go one at
+//     a time, in order. Flush sends everything pending and waits for the acknowledgements; the
+//     runtime calls it on graceful shutdown.
+//   - Aggregator, in every manager replica (a manager.Runnable that needs no leadership):
+//     Report queues a batch's counts per ApiKey, and every FlushInterval each key with queued
+//     counts is written once (Status().Update, guarded by resourceVersion; on a conflict it
+//     re-reads and recomputes). Report answers only after its counts are stored, so an
+//     acknowledged batch is never lost when a manager dies afterwards.
+//
+// Exactly once: status.usage.reporters holds, per reporter, the seq of the last batch applied
+// to that key. A batch is applied to a key only when its seq is above it, and the new seq is
+// written in the same update as the new totals. A batch resent after a lost acknowledgement, a
+// manager restart or to another replica is therefore skipped as a duplicate, and two replicas
+// writing the same key at once are serialised by the API server's optimistic concurrency.
+// Reporter entries not updated for an hour are pruned (a runtime does not retry a batch that
+// long), and at most 64 are kept per key, the oldest dropped first: a key used through more
+// than 64 runtime processes within an hour loses the duplicate protection of the oldest.
+//
+// Windows: the counts are per quota window (auth.QuotaWindowStart of spec.quota.window, Month
+// without a quota); the first batch applied in a new window starts the counts from zero. A
+// batch is counted in the window in which the aggregator applies it. Each write also sets the
+// QuotaExhausted condition (auth.SetQuotaCondition); runtimes refuse the key from the counts
+// themselves (auth.KeyRefusal) as soon as they see the update.
+//
+// Security: the aggregator has no authentication of its own. Anyone who can reach its port can
+// charge usage to any ApiKey, so the port must only be reachable from inside the cluster, from
+// the model pods (NetworkPolicy); mutual TLS is not implemented yet. Requests are capped in
+// size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued.
+package usage
+
+// RBAC for the aggregator: it reads ApiKeys (from the manager's cache) and writes their status.
+// +kubebuilder:rbac:groups=serving.helixflow.io,resources=apikeys,verbs=get;list;watch
+// +kubebuilder:rbac:groups=serving.helixflow.io,resources=apikeys/status,verbs=get;update

@@ -1,0 +1,43 @@
+package usage
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+)
+
+// Label values of the aggregator's metrics.
+const (
+	resultOK        = "ok"
+	resultInvalid   = "invalid"
+	resultError     = "error"
+	resultApplied   = "applied"
+	resultDuplicate = "duplicate"
+	resultDropped   = "dropped"
+)
+
+var (
+	reportsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "helixflow_usage_reports_total",
+		Help: "Usage batches received by the aggregator, by result: ok (stored or duplicate), invalid (refused), error (not stored yet; the runtime resends).",
+	}, []string{"result"})
+	entriesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "helixflow_usage_key_entries_total",
+		Help: "Per-ApiKey usage entries of batches, by result: applied, duplicate (already counted, skipped), dropped (ApiKey deleted).",
+	}, []string{"result"})
+	writeConflictsTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "helixflow_usage_write_conflicts_total",
+		Help: "ApiKey status writes of the usage aggregator that met a newer version and were retried.",
+	})
+
+	registerOnce sync.Once
+)
+
+// registerMetrics adds the aggregator's metrics to the manager's registry, on first use only:
+// runtimes import this package for the Reporter and must not get manager metrics.
+func registerMetrics() {
+	registerOnce.Do(func() {
+		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal)
+	})
+}
