@@ -70,23 +70,6 @@ func notImplemented(name, issue string) func(*cobra.Command, []string) error {
 	}
 }
 
-func newServeCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "serve",
-		Short: "Serve the OpenAI-compatible API in front of the engine",
-		Args:  cobra.NoArgs,
-		RunE:  notImplemented("serve", "runtime serve"),
-	}
-	f := cmd.Flags()
-	f.String("model", "", "Namespace/name of the InferenceModel this pod serves.")
-	f.String("upstream", "http://127.0.0.1:8000", "Base URL of the engine inside the pod.")
-	f.String("http-address", ":8080", "Address of the HTTP API (OpenAI routes, WebSocket, /readyz).")
-	f.String("grpc-address", ":9090", "Address of the gRPC Inference and health services.")
-	f.String("metrics-address", ":9100", "Address of the Prometheus metrics endpoint.")
-	f.String("usage-endpoint", "", "gRPC address of the manager's usage aggregator.")
-	return cmd
-}
-
 func newProbeCommand() *cobra.Command {
 	opts := probeOptions{}
 	cmd := &cobra.Command{

@@ -18,7 +18,7 @@ func TestExecute(t *testing.T) {
 		{name: "serve help documents its flags", args: []string{"serve", "--help"}, wantCode: ExitOK, wantStdout: []string{"--http-address", "--grpc-address", "--usage-endpoint"}},
 		{name: "probe help documents its flags", args: []string{"probe", "--help"}, wantCode: ExitOK, wantStdout: []string{"--node-name"}},
 		{name: "fetch help documents its flags", args: []string{"fetch", "--help"}, wantCode: ExitOK, wantStdout: []string{"--uri", "--dest"}},
-		{name: "serve is not implemented yet", args: []string{"serve"}, wantCode: ExitNotImplemented, wantStderr: []string{"serve", "not implemented yet"}},
+		{name: "serve needs its model", args: []string{"serve", "--namespace=ns"}, wantCode: ExitError, wantStderr: []string{"--model and --namespace"}},
 		{name: "probe needs a node name", args: []string{"probe", "--node-name="}, wantCode: ExitError, wantStderr: []string{"--node-name"}},
 		{name: "probe interval below 1s", args: []string{"probe", "--node-name=n1", "--interval=500ms"}, wantCode: ExitError, wantStderr: []string{"at least 1s"}},
 		{name: "fetch is not implemented yet", args: []string{"fetch", "--uri=hf://a/b"}, wantCode: ExitNotImplemented, wantStderr: []string{"fetch", "not implemented yet"}},

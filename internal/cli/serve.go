@@ -1,0 +1,67 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/helixflow/helixflow/internal/runtime/serve"
+)
+
+func newServeCommand() *cobra.Command {
+	opts := serve.DefaultOptions()
+	var kubeconfig string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the OpenAI-compatible API in front of the engine",
+		Long: `serve runs in every model pod in front of the engine. It authenticates every request
+(API keys and JWTs of the model's namespace, per spec.auth.mode), enforces each key's rate
+limits (divided among the model's ready replicas), forwards to the engine on localhost,
+streams answers without buffering (SSE, WebSocket /v1/stream, gRPC), counts tokens from the
+engine's usage and reports them to the manager, and serves Prometheus metrics.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), opts, kubeconfig) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.Model, "model", "", "Name of the InferenceModel this pod serves.")
+	f.StringVar(&opts.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the InferenceModel (default $POD_NAMESPACE).")
+	f.StringVar(&opts.Upstream, "upstream", opts.Upstream, "Base URL of the engine inside the pod.")
+	f.StringVar(&opts.HTTPAddress, "http-address", opts.HTTPAddress, "Address of the HTTP API (OpenAI routes, WebSocket, /healthz, /readyz); 0 disables it.")
+	f.StringVar(&opts.GRPCAddress, "grpc-address", opts.GRPCAddress, "Address of the gRPC Inference, health and reflection services; 0 disables it.")
+	f.StringVar(&opts.MetricsAddress, "metrics-address", opts.MetricsAddress, "Address of the Prometheus metrics endpoint; 0 disables it.")
+	f.StringVar(&opts.UsageEndpoint, "usage-endpoint", "", "gRPC address (host:port) of the manager's usage aggregator; empty disables usage reporting.")
+	f.Int64Var(&opts.MaxBodyBytes, "max-body-bytes", opts.MaxBodyBytes, "Largest request body accepted (413 beyond).")
+	f.IntVar(&opts.MaxHeaderBytes, "max-header-bytes", opts.MaxHeaderBytes, "Largest request header block accepted (431 beyond).")
+	f.DurationVar(&opts.RequestTimeout, "request-timeout", opts.RequestTimeout, "Longest engine call, streams included (504 when the engine has not answered by then).")
+	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", opts.ShutdownTimeout, "How long in-flight requests and streams may finish on SIGTERM.")
+	f.StringVar(&opts.UpstreamHealthPath, "upstream-health-path", opts.UpstreamHealthPath, "The engine's health endpoint, checked by /readyz.")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")
+	return cmd
+}
+
+func runServe(ctx context.Context, opts serve.Options, kubeconfig string) error {
+	if opts.Model == "" || opts.Namespace == "" {
+		return errors.New("--model and --namespace (or $POD_NAMESPACE) are required")
+	}
+	logger := zap.New()
+	ctrl.SetLogger(logger)
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	opts.Kube = cfg
+	opts.Log = logger.WithName("serve")
+	s, err := serve.New(opts)
+	if err != nil {
+		return err
+	}
+	return s.Run(ctx)
+}

@@ -1,0 +1,308 @@
+package serve
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/auth"
+)
+
+// Routes the engine serves that the runtime forwards.
+const (
+	RouteChatCompletions = "/v1/chat/completions"
+	RouteCompletions     = "/v1/completions"
+	RouteEmbeddings      = "/v1/embeddings"
+)
+
+// maxResponseBytes caps a non-streamed engine answer held in memory (a large embeddings
+// batch is the biggest legitimate one).
+const maxResponseBytes = 64 << 20
+
+// Usage is the engine's token count for one call.
+type Usage struct {
+	PromptTokens     int64 `json:"prompt_tokens"`
+	CompletionTokens int64 `json:"completion_tokens"`
+	TotalTokens      int64 `json:"total_tokens"`
+}
+
+// Sink receives the engine's answer to one call, in the shape each front needs.
+type Sink interface {
+	// Chunk is one streamed chunk: the JSON object of an SSE data line, as the engine sent it.
+	Chunk(data []byte) error
+	// End follows the last chunk of a stream.
+	End() error
+	// Complete is a whole answer (not streamed, or an engine error): status, type and body.
+	Complete(status int, contentType string, body []byte) error
+}
+
+// Call is one inference call as a front received it: the route and the OpenAI JSON body.
+type Call struct {
+	Route string
+	Body  []byte
+}
+
+// callFields are the parts of an OpenAI request body the runtime needs; the rest passes
+// through to the engine untouched.
+type callFields struct {
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// Outcome is what a completed call did, for metrics and logs.
+type Outcome struct {
+	Status int
+	Usage  Usage
+}
+
+// Exchange runs one inference call for p: model and scope checks, the key's limits, the
+// engine call, the answer to sink, then usage and limits settled. HTTP, WebSocket and gRPC
+// all go through it, so the rules are the same whichever way a client comes in.
+func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sink Sink) (Outcome, *Failure) {
+	start := time.Now()
+	st := s.model.Load()
+	var f callFields
+	if err := json.Unmarshal(call.Body, &f); err != nil {
+		return s.reject(st, p, badRequest("invalid_json", "request body is not valid JSON: %v", err))
+	}
+	if f.Model == "" {
+		return s.reject(st, p, badRequest("missing_model", "request body has no \"model\""))
+	}
+	if f.Model != st.name {
+		return s.reject(st, p, modelNotFound(f.Model))
+	}
+	if !p.HasScope(servingv1alpha1.ScopeInference) {
+		return s.reject(st, p, fromAuth(auth.ErrScopeMissing(servingv1alpha1.ScopeInference)))
+	}
+	if !p.AllowsModel(f.Model) {
+		return s.reject(st, p, fromAuth(auth.ErrModelNotAllowed(f.Model)))
+	}
+	adm, fail := s.limits.Admit(p)
+	if fail != nil {
+		return s.reject(st, p, fail)
+	}
+	inFlight := s.metrics.InFlight.WithLabelValues(st.name)
+	inFlight.Inc()
+	wantUsage := f.StreamOptions != nil && f.StreamOptions.IncludeUsage
+	body := call.Body
+	if f.Stream && !wantUsage {
+		// Exact usage needs the engine's count for streams too: ask for it, and strip the
+		// extra chunk from what the client sees.
+		body = withIncludeUsage(body)
+	}
+	out, fail := s.forward(ctx, st, call.Route, body, f.Stream, wantUsage, sink, start)
+	inFlight.Dec()
+	adm.Done(out.Usage.PromptTokens + out.Usage.CompletionTokens)
+	s.settle(st, p, call.Route, out, fail, start)
+	return out, fail
+}
+
+// reject counts a call refused before the engine saw it.
+func (s *Server) reject(st *modelState, p *auth.Principal, f *Failure) (Outcome, *Failure) {
+	s.metrics.Rejections.WithLabelValues(st.name, f.Reason, p.KeyID).Inc()
+	return Outcome{Status: f.Status}, f
+}
+
+// settle records what a call used: metrics, and usage for the manager's aggregator.
+func (s *Server) settle(st *modelState, p *auth.Principal, route string, out Outcome, fail *Failure, start time.Time) {
+	status := out.Status
+	if fail != nil {
+		status = fail.Status
+	}
+	s.metrics.Requests.WithLabelValues(st.name, route, s.metrics.code(status), p.KeyID).Inc()
+	s.metrics.Latency.WithLabelValues(st.name, route).Observe(time.Since(start).Seconds())
+	u := out.Usage
+	if u.PromptTokens == 0 && u.CompletionTokens == 0 {
+		return
+	}
+	s.metrics.Tokens.WithLabelValues(st.name, p.KeyID, "prompt").Add(float64(u.PromptTokens))
+	s.metrics.Tokens.WithLabelValues(st.name, p.KeyID, "completion").Add(float64(u.CompletionTokens))
+	if p.Name != "" && s.usage != nil {
+		s.usage.Record(p.Namespace, p.Name, u.PromptTokens, u.CompletionTokens)
+	}
+}
+
+// withIncludeUsage sets stream_options.include_usage in a JSON object body. The common case
+// (no stream_options) is an append; otherwise the object is re-encoded.
+func withIncludeUsage(body []byte) []byte {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(body, &fields); err != nil {
+		return body // Exchange already parsed it; unreachable in practice
+	}
+	opts := map[string]json.RawMessage{}
+	if raw, ok := fields["stream_options"]; ok && !bytes.Equal(raw, []byte("null")) {
+		_ = json.Unmarshal(raw, &opts)
+	}
+	opts["include_usage"] = json.RawMessage("true")
+	enc, _ := json.Marshal(opts)
+	fields["stream_options"] = enc
+	out, err := json.Marshal(fields)
+	if err != nil {
+		return body
+	}
+	return out
+}
+
+// forward sends the call to the engine and relays its answer.
+func (s *Server) forward(ctx context.Context, st *modelState, route string, body []byte, stream, wantUsage bool, sink Sink, start time.Time) (Outcome, *Failure) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.upstreamBase+route, bytes.NewReader(body))
+	if err != nil {
+		return Outcome{}, upstreamFailure(http.StatusBadGateway, "building engine request: %v", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if stream {
+		req.Header.Set("Accept", "text/event-stream")
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return Outcome{}, s.upstreamError(st, ctx, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if stream && resp.StatusCode == http.StatusOK && isEventStream(resp.Header.Get("Content-Type")) {
+		u, err := s.relayStream(st, resp.Body, wantUsage, sink, start)
+		if err != nil {
+			s.metrics.UpstreamErrors.WithLabelValues(st.name, "stream").Inc()
+		}
+		return Outcome{Status: http.StatusOK, Usage: u}, nil
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
+	if err != nil {
+		return Outcome{}, s.upstreamError(st, ctx, err)
+	}
+	if len(data) > maxResponseBytes {
+		return Outcome{}, upstreamFailure(http.StatusBadGateway, "engine answer is larger than %d bytes", maxResponseBytes)
+	}
+	out := Outcome{Status: resp.StatusCode}
+	if resp.StatusCode == http.StatusOK {
+		out.Usage = usageOf(data)
+	} else {
+		s.metrics.UpstreamErrors.WithLabelValues(st.name, "status").Inc()
+	}
+	_ = sink.Complete(resp.StatusCode, resp.Header.Get("Content-Type"), data)
+	return out, nil
+}
+
+// upstreamError maps a failed engine call: the client leaving is not the engine's fault;
+// a deadline is 504; anything else (refused, reset) is 502.
+func (s *Server) upstreamError(st *modelState, ctx context.Context, err error) *Failure {
+	switch {
+	case errors.Is(context.Cause(ctx), context.Canceled):
+		return &Failure{Status: 499, Type: "client_closed", Code: "client_closed", Message: "client closed the request", Reason: "client_closed"}
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		s.metrics.UpstreamErrors.WithLabelValues(st.name, "timeout").Inc()
+		return upstreamFailure(http.StatusGatewayTimeout, "the engine did not answer within %s", s.opts.RequestTimeout)
+	}
+	s.metrics.UpstreamErrors.WithLabelValues(st.name, "connect").Inc()
+	return upstreamFailure(http.StatusBadGateway, "the engine is unreachable: %v", unwrapURLError(err))
+}
+
+// unwrapURLError drops the URL from a client error: it is the engine's loopback address,
+// of no use to a remote client.
+func unwrapURLError(err error) error {
+	if u := errors.Unwrap(err); u != nil {
+		return u
+	}
+	return err
+}
+
+func isEventStream(contentType string) bool {
+	return len(contentType) >= 17 && contentType[:17] == "text/event-stream"
+}
+
+// usageOf reads "usage" from an engine answer; zero when absent.
+func usageOf(data []byte) Usage {
+	if !bytes.Contains(data, []byte(`"usage"`)) {
+		return Usage{}
+	}
+	var v struct {
+		Usage *Usage `json:"usage"`
+	}
+	if json.Unmarshal(data, &v) != nil || v.Usage == nil {
+		return Usage{}
+	}
+	return *v.Usage
+}
+
+var (
+	dataPrefix = []byte("data:")
+	doneMarker = []byte("[DONE]")
+	usageKey   = []byte(`"usage"`)
+)
+
+// relayStream passes the engine's SSE chunks to sink one by one as they arrive (no
+// buffering beyond one line), takes the usage from the usage chunk, and drops that chunk
+// when the client did not ask for it.
+func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sink Sink, start time.Time) (Usage, error) {
+	r := bufio.NewReaderSize(body, 64<<10)
+	var usage Usage
+	first := true
+	for {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			return usage, fmt.Errorf("engine sent an SSE line longer than %d bytes", r.Size())
+		}
+		if payload, ok := ssePayload(line); ok {
+			if bytes.Equal(payload, doneMarker) {
+				return usage, sink.End()
+			}
+			if bytes.Contains(payload, usageKey) {
+				if u, onlyUsage := streamUsage(payload); u != nil {
+					usage = *u
+					if onlyUsage && !wantUsage {
+						continue
+					}
+				}
+			}
+			if first {
+				first = false
+				s.metrics.TimeToFirstTok.WithLabelValues(st.name).Observe(time.Since(start).Seconds())
+			}
+			if werr := sink.Chunk(payload); werr != nil {
+				return usage, nil // the client left; the deferred close cancels the engine
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return usage, sink.End()
+			}
+			return usage, err
+		}
+	}
+}
+
+// ssePayload returns the data of a "data:" line, without the optional space and line end.
+func ssePayload(line []byte) ([]byte, bool) {
+	if !bytes.HasPrefix(line, dataPrefix) {
+		return nil, false
+	}
+	p := bytes.TrimRight(line[len(dataPrefix):], "\r\n")
+	if len(p) > 0 && p[0] == ' ' {
+		p = p[1:]
+	}
+	return p, len(p) > 0
+}
+
+// streamUsage reads the usage of a chunk; onlyUsage is true for the extra chunk that
+// include_usage adds (no choices).
+func streamUsage(payload []byte) (u *Usage, onlyUsage bool) {
+	var v struct {
+		Usage   *Usage            `json:"usage"`
+		Choices []json.RawMessage `json:"choices"`
+	}
+	if json.Unmarshal(payload, &v) != nil {
+		return nil, false
+	}
+	return v.Usage, len(v.Choices) == 0
+}

@@ -1,0 +1,124 @@
+package serve
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/auth"
+	"github.com/helixflow/helixflow/test/testengine"
+)
+
+const testNS = "team-a"
+
+// rig is a runtime in front of the test engine (a test double of an OpenAI-compatible
+// engine), without an API server: the tests feed the auth index and model state directly,
+// as the informers would.
+type rig struct {
+	t      *testing.T
+	s      *Server
+	engine *testengine.Engine
+	url    string
+	usage  *recordedUsage
+	clock  *fakeClock
+}
+
+// recordedUsage collects what the runtime reports for the aggregator.
+type recordedUsage struct {
+	mu     sync.Mutex
+	tokens map[string]int64
+}
+
+func (u *recordedUsage) Record(ns, name string, prompt, completion int64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.tokens[ns+"/"+name] += prompt + completion
+}
+
+func (u *recordedUsage) total(key string) int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.tokens[key]
+}
+
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func newRig(t *testing.T, cfg testengine.Config, tune func(*Options)) *rig {
+	t.Helper()
+	engine, engineURL := testengine.NewTestServer(t, cfg)
+	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 30, 0, time.UTC)}
+	usage := &recordedUsage{tokens: map[string]int64{}}
+	opts := DefaultOptions()
+	opts.Model, opts.Namespace, opts.Upstream = testengine.DefaultModel, testNS, engineURL
+	opts.Usage, opts.Now = usage, clock.Now
+	if tune != nil {
+		tune(&opts)
+	}
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.model.set(&servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel},
+		Status:     servingv1alpha1.InferenceModelStatus{ReadyReplicas: 1},
+	})
+	srv := httptest.NewServer(s.Handler())
+	t.Cleanup(srv.Close)
+	return &rig{t: t, s: s, engine: engine, url: srv.URL, usage: usage, clock: clock}
+}
+
+// addKey registers an ApiKey with a fresh key, as the informer would, and returns the key.
+func (r *rig) addKey(name string, mutate func(*servingv1alpha1.ApiKey)) string {
+	r.t.Helper()
+	key, keyID, err := auth.GenerateKey()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ak := &servingv1alpha1.ApiKey{
+		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: name},
+		Spec:       servingv1alpha1.ApiKeySpec{Scopes: []servingv1alpha1.Scope{servingv1alpha1.ScopeInference, servingv1alpha1.ScopeListModels}},
+		Status:     servingv1alpha1.ApiKeyStatus{KeyID: keyID, KeyHash: auth.HashKey(key).String()},
+	}
+	if mutate != nil {
+		mutate(ak)
+	}
+	if err := r.s.auth.Keys().Upsert(ak); err != nil {
+		r.t.Fatal(err)
+	}
+	return key
+}
+
+// post sends a JSON body with a bearer key.
+func (r *rig) post(route, key, body string) *http.Response {
+	r.t.Helper()
+	req, err := http.NewRequest(http.MethodPost, r.url+route, strings.NewReader(body))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { _ = resp.Body.Close() })
+	return resp
+}

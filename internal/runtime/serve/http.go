@@ -1,0 +1,209 @@
+package serve
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/apierror"
+	"github.com/helixflow/helixflow/internal/auth"
+)
+
+// anonymous is the principal of auth mode None (trusted networks only): it may do anything.
+var anonymous = &auth.Principal{
+	Method: auth.MethodNone, AllModels: true,
+	Scopes: []servingv1alpha1.Scope{servingv1alpha1.ScopeInference, servingv1alpha1.ScopeListModels},
+}
+
+// Handler is the HTTP API: health, the OpenAI routes, and the WebSocket stream.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", s.serveReadyz)
+	mux.HandleFunc("GET /v1/models", s.serveModels)
+	for _, route := range []string{RouteChatCompletions, RouteCompletions, RouteEmbeddings} {
+		mux.HandleFunc("POST "+route, s.serveInference(route))
+	}
+	mux.HandleFunc("GET "+RouteStream, s.serveWebSocket)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apierror.Write(w, http.StatusNotFound, apierror.TypeNotFound, "unknown_route", "Unknown request URL: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	if ok, why := s.Ready(r.Context()); !ok {
+		http.Error(w, why, http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// Authenticate checks an Authorization header against the model's auth mode.
+func (s *Server) Authenticate(header string) (*auth.Principal, *Failure) {
+	st := s.model.Load()
+	if st.mode == servingv1alpha1.AuthModeNone {
+		return anonymous, nil
+	}
+	p, err := s.auth.Authenticate(header)
+	switch {
+	case err != nil:
+		return nil, fromAuth(err)
+	case st.mode == servingv1alpha1.AuthModeAPIKey && p.Method == auth.MethodJWT:
+		return nil, fromAuth(auth.ErrTokensNotAccepted)
+	case st.mode == servingv1alpha1.AuthModeJWT && p.Method == auth.MethodAPIKey:
+		return nil, fromAuth(auth.ErrAPIKeysNotAccepted)
+	}
+	return p, nil
+}
+
+// authenticateHTTP authenticates a request; a refusal is written and counted.
+func (s *Server) authenticateHTTP(w http.ResponseWriter, r *http.Request) *auth.Principal {
+	p, fail := s.Authenticate(r.Header.Get("Authorization"))
+	if fail != nil {
+		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, "").Inc()
+		fail.writeHTTP(w)
+		return nil
+	}
+	return p
+}
+
+// ModelList is the answer of GET /v1/models.
+type ModelList struct {
+	Object string       `json:"object"`
+	Data   []ModelEntry `json:"data"`
+}
+
+// ModelEntry is one model of ModelList.
+type ModelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// startedAt is reported as the model's "created": when this runtime began serving it.
+var startedAt = time.Now().Unix()
+
+// Models lists the models p may use: the served model, if allowed.
+func (s *Server) Models(p *auth.Principal) (ModelList, *Failure) {
+	if !p.HasScope(servingv1alpha1.ScopeListModels) {
+		return ModelList{}, fromAuth(auth.ErrScopeMissing(servingv1alpha1.ScopeListModels))
+	}
+	list := ModelList{Object: "list", Data: []ModelEntry{}}
+	if name := s.model.Load().name; p.AllowsModel(name) {
+		list.Data = append(list.Data, ModelEntry{ID: name, Object: "model", Created: startedAt, OwnedBy: "helixflow"})
+	}
+	return list, nil
+}
+
+func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
+	p := s.authenticateHTTP(w, r)
+	if p == nil {
+		return
+	}
+	list, fail := s.Models(p)
+	if fail != nil {
+		fail.writeHTTP(w)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(list)
+}
+
+// bodyPool recycles request body buffers: bodies are read whole (the model field decides
+// everything) and dropped when the call ends.
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func (s *Server) serveInference(route string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		p := s.authenticateHTTP(w, r)
+		if p == nil {
+			return
+		}
+		buf := bodyPool.Get().(*bytes.Buffer)
+		buf.Reset()
+		defer bodyPool.Put(buf)
+		if fail := s.readBody(w, r, buf); fail != nil {
+			s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, p.KeyID).Inc()
+			fail.writeHTTP(w)
+			return
+		}
+		sink := &httpSink{w: w, rc: http.NewResponseController(w)}
+		_, fail := s.Exchange(r.Context(), p, Call{Route: route, Body: buf.Bytes()}, sink)
+		if fail != nil && fail.Status != 499 && !sink.started {
+			fail.writeHTTP(w)
+		}
+	}
+}
+
+// readBody reads the body into buf, refusing more than MaxBodyBytes with 413.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer) *Failure {
+	limit := s.opts.MaxBodyBytes
+	if r.ContentLength > limit {
+		return tooLarge(limit)
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return tooLarge(limit)
+		}
+		return badRequest("unreadable_body", "reading request body: %v", err)
+	}
+	return nil
+}
+
+// httpSink writes the engine's answer to an HTTP client: chunks as Server-Sent Events,
+// each flushed at once, so the client sees a token as soon as the engine sends it.
+type httpSink struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	started bool
+	buf     []byte
+}
+
+func (h *httpSink) start() {
+	if h.started {
+		return
+	}
+	h.started = true
+	hd := h.w.Header()
+	hd.Set("Content-Type", "text/event-stream")
+	hd.Set("Cache-Control", "no-cache")
+	// Tells nginx-style proxies in front not to buffer the stream either.
+	hd.Set("X-Accel-Buffering", "no")
+	h.w.WriteHeader(http.StatusOK)
+}
+
+func (h *httpSink) Chunk(data []byte) error {
+	h.start()
+	h.buf = append(append(append(h.buf[:0], "data: "...), data...), "\n\n"...)
+	if _, err := h.w.Write(h.buf); err != nil {
+		return err
+	}
+	return h.rc.Flush()
+}
+
+func (h *httpSink) End() error {
+	h.start()
+	if _, err := io.WriteString(h.w, "data: [DONE]\n\n"); err != nil {
+		return err
+	}
+	return h.rc.Flush()
+}
+
+func (h *httpSink) Complete(status int, contentType string, body []byte) error {
+	h.started = true
+	if contentType == "" {
+		contentType = "application/json"
+	}
+	h.w.Header().Set("Content-Type", contentType)
+	h.w.WriteHeader(status)
+	_, err := h.w.Write(body)
+	return err
+}

@@ -1,0 +1,229 @@
+package serve
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"math"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/apierror"
+	"github.com/helixflow/helixflow/test/testengine"
+)
+
+const chatBody = `{"model":"` + testengine.DefaultModel + `","max_tokens":5,"messages":[{"role":"user","content":"one two three"}]}`
+
+func streamBody(includeUsage bool) string {
+	b := `{"model":"` + testengine.DefaultModel + `","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"one two three"}]`
+	if includeUsage {
+		b += `,"stream_options":{"include_usage":true}`
+	}
+	return b + "}"
+}
+
+// wantError checks status, the OpenAI error shape and its code.
+func wantError(t *testing.T, resp *http.Response, status int, code string) apierror.Body {
+	t.Helper()
+	var body apierror.Body
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != status {
+		t.Fatalf("status %d, want %d: %s", resp.StatusCode, status, data)
+	}
+	if err := json.Unmarshal(data, &body); err != nil || body.Error.Message == "" || body.Error.Type == "" {
+		t.Fatalf("not an OpenAI error body: %s (%v)", data, err)
+	}
+	if code != "" && body.Error.Code != code {
+		t.Fatalf("error code %q, want %q: %s", body.Error.Code, code, data)
+	}
+	return body
+}
+
+// sseChunks reads an SSE answer into its data payloads (without [DONE]) and reports whether
+// [DONE] ended it.
+func sseChunks(t *testing.T, resp *http.Response) (chunks []map[string]any, done bool) {
+	t.Helper()
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("Content-Type %q, want text/event-stream", ct)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		payload, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		if payload == "[DONE]" {
+			return chunks, true
+		}
+		var c map[string]any
+		if err := json.Unmarshal([]byte(payload), &c); err != nil {
+			t.Fatalf("chunk %q: %v", payload, err)
+		}
+		chunks = append(chunks, c)
+	}
+	return chunks, false
+}
+
+func TestChatCompletionCountsExactUsage(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("app", nil)
+	resp := r.post(RouteChatCompletions, key, chatBody)
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	var out struct {
+		Usage Usage `json:"usage"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		t.Fatal(err)
+	}
+	if out.Usage.PromptTokens != 3 || out.Usage.CompletionTokens != 5 {
+		t.Fatalf("usage %+v, want 3 prompt and 5 completion tokens", out.Usage)
+	}
+	if got := r.usage.total(testNS + "/app"); got != 8 {
+		t.Fatalf("recorded %d tokens for the key, want 8", got)
+	}
+}
+
+func TestStreamUsageAskedOfEngineAndStripped(t *testing.T) {
+	r := newRig(t, testengine.Config{Record: true}, nil)
+	key := r.addKey("app", nil)
+
+	chunks, done := sseChunks(t, r.post(RouteChatCompletions, key, streamBody(false)))
+	if !done || len(chunks) == 0 {
+		t.Fatalf("stream of %d chunks, [DONE]=%v", len(chunks), done)
+	}
+	for _, c := range chunks {
+		if u, ok := c["usage"]; ok && u != nil {
+			t.Fatalf("the client did not ask for usage but got a usage chunk: %v", c)
+		}
+	}
+	reqs := r.engine.Requests()
+	if len(reqs) != 1 || !strings.Contains(string(reqs[0].Body), `"include_usage":true`) {
+		t.Fatalf("the engine was not asked for usage: %s", reqs[0].Body)
+	}
+	if got := r.usage.total(testNS + "/app"); got != 8 {
+		t.Fatalf("recorded %d tokens, want 8", got)
+	}
+
+	// A client that asked gets the usage chunk, and it is counted once.
+	chunks, _ = sseChunks(t, r.post(RouteChatCompletions, key, streamBody(true)))
+	last := chunks[len(chunks)-1]
+	if u, ok := last["usage"].(map[string]any); !ok || u["total_tokens"].(float64) != 8 {
+		t.Fatalf("last chunk %v, want the usage chunk", last)
+	}
+	if got := r.usage.total(testNS + "/app"); got != 16 {
+		t.Fatalf("recorded %d tokens after two streams, want 16", got)
+	}
+}
+
+func TestRefusalsAreOpenAIErrors(t *testing.T) {
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.MaxBodyBytes = 1024 })
+	key := r.addKey("app", nil)
+	narrow := r.addKey("narrow", func(ak *servingv1alpha1.ApiKey) { ak.Spec.Models = []string{"other-model"} })
+	listOnly := r.addKey("list", func(ak *servingv1alpha1.ApiKey) { ak.Spec.Scopes = []servingv1alpha1.Scope{servingv1alpha1.ScopeListModels} })
+
+	wantError(t, r.post(RouteChatCompletions, "", chatBody), http.StatusUnauthorized, "invalid_api_key")
+	wantError(t, r.post(RouteChatCompletions, "hfk_nope_nope", chatBody), http.StatusUnauthorized, "invalid_api_key")
+	body := wantError(t, r.post(RouteChatCompletions, narrow, chatBody), http.StatusForbidden, "model_not_allowed")
+	if strings.Contains(body.Error.Message, narrow) {
+		t.Fatal("an error message contains the key")
+	}
+	wantError(t, r.post(RouteChatCompletions, listOnly, chatBody), http.StatusForbidden, "missing_scope")
+	wantError(t, r.post(RouteChatCompletions, key, strings.Replace(chatBody, testengine.DefaultModel, "gpt-17", 1)), http.StatusNotFound, "model_not_found")
+	wantError(t, r.post(RouteChatCompletions, key, `{"model":`), http.StatusBadRequest, "invalid_json")
+	wantError(t, r.post(RouteChatCompletions, key, `{"model":"x","pad":"`+strings.Repeat("a", 2048)+`"}`), http.StatusRequestEntityTooLarge, "request_too_large")
+
+	// /v1/models lists only what the key may use.
+	for _, tc := range []struct {
+		key  string
+		want int
+	}{{key, 1}, {narrow, 0}, {listOnly, 1}} {
+		req, _ := http.NewRequest(http.MethodGet, r.url+"/v1/models", nil)
+		req.Header.Set("Authorization", "Bearer "+tc.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list ModelList
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+			t.Fatal(err)
+		}
+		_ = resp.Body.Close()
+		if len(list.Data) != tc.want {
+			t.Errorf("models %v, want %d", list.Data, tc.want)
+		}
+	}
+	if r.engine.Stats().Requests != 0 {
+		t.Errorf("refused requests reached the engine: %+v", r.engine.Stats())
+	}
+}
+
+func TestEngineFailures(t *testing.T) {
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.RequestTimeout = 300 * time.Millisecond })
+	key := r.addKey("app", nil)
+	r.engine.SetMode(testengine.ModeHang)
+	start := time.Now()
+	wantError(t, r.post(RouteChatCompletions, key, chatBody), http.StatusGatewayTimeout, "upstream_error")
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a hanging engine held the client %v", d)
+	}
+	r.engine.SetMode(testengine.ModeFail)
+	if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("engine 500 passed on as %d", resp.StatusCode)
+	}
+
+	dead := newRig(t, testengine.Config{}, func(o *Options) { o.Upstream = "http://127.0.0.1:1" })
+	wantError(t, dead.post(RouteChatCompletions, dead.addKey("app", nil), chatBody), http.StatusBadGateway, "upstream_error")
+}
+
+func TestConcurrencyLimitAndRetryAfter(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("slow", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.RateLimit = &servingv1alpha1.KeyRateLimit{RequestsPerMinute: 2}
+	})
+	for range 2 {
+		if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusOK {
+			t.Fatalf("status %d within the limit", resp.StatusCode)
+		}
+	}
+	resp := r.post(RouteChatCompletions, key, chatBody)
+	wantError(t, resp, http.StatusTooManyRequests, "rate_limit_exceeded")
+	if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
+		t.Fatalf("Retry-After %q", ra)
+	}
+}
+
+// TestRateLimitHoldsAtThreeTimesTheLimit sends 3x a key's requests per minute for five
+// minutes of (simulated) time through the real HTTP path; the accepted count per minute
+// stays within 5% of the limit.
+func TestRateLimitHoldsAtThreeTimesTheLimit(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	const rpm = 120
+	key := r.addKey("busy", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.RateLimit = &servingv1alpha1.KeyRateLimit{RequestsPerMinute: rpm}
+	})
+	const minutes, perMinute = 5, 3 * rpm
+	accepted := 0
+	for range minutes * perMinute {
+		resp := r.post(RouteChatCompletions, key, chatBody)
+		switch resp.StatusCode {
+		case http.StatusOK:
+			accepted++
+		case http.StatusTooManyRequests:
+		default:
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		_ = resp.Body.Close()
+		r.clock.Advance(time.Minute / perMinute)
+	}
+	want := float64(minutes * rpm)
+	t.Logf("accepted %d of %d requests sent at 3x the limit over %d minutes (limit %v)", accepted, minutes*perMinute, minutes, want)
+	if math.Abs(float64(accepted)-want) > 0.05*want {
+		t.Fatalf("accepted %d, want within 5%% of %v", accepted, want)
+	}
+}

@@ -1,0 +1,76 @@
+package serve
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the runtime's Prometheus metrics. Labels carry the served model and the
+// public key ID (never the key). Latency histograms are per model only: a key ID label there
+// would multiply the series by the number of keys.
+type Metrics struct {
+	Requests        *prometheus.CounterVec
+	Latency         *prometheus.HistogramVec
+	TimeToFirstTok  *prometheus.HistogramVec
+	Tokens          *prometheus.CounterVec
+	Rejections      *prometheus.CounterVec
+	UpstreamErrors  *prometheus.CounterVec
+	InFlight        *prometheus.GaugeVec
+	UsageReportLag  prometheus.Gauge
+	registry        *prometheus.Registry
+	statusLabelText [600]string
+}
+
+// latencyBuckets span a cached embedding (ms) to a long generation (minutes).
+var latencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300}
+
+// NewMetrics registers the runtime's metrics on a new registry (plus Go and process metrics).
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		Requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "helixflow_runtime_requests_total", Help: "Requests answered, by model, route, HTTP status code and key ID.",
+		}, []string{"model", "route", "code", "key_id"}),
+		Latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "helixflow_runtime_request_duration_seconds", Help: "Time from request to the last byte of the answer, by model and route.",
+			Buckets: latencyBuckets,
+		}, []string{"model", "route"}),
+		TimeToFirstTok: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "helixflow_runtime_time_to_first_token_seconds", Help: "Time from request to the first streamed chunk, by model.",
+			Buckets: latencyBuckets,
+		}, []string{"model"}),
+		Tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "helixflow_runtime_tokens_total", Help: "Tokens counted from the engine's usage, by model, key ID and direction (prompt or completion).",
+		}, []string{"model", "key_id", "direction"}),
+		Rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "helixflow_runtime_rejections_total", Help: "Requests refused before reaching the engine, by model, reason and key ID.",
+		}, []string{"model", "reason", "key_id"}),
+		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "helixflow_runtime_upstream_errors_total", Help: "Engine failures, by model and kind (connect, timeout, status, stream).",
+		}, []string{"model", "kind"}),
+		InFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "helixflow_runtime_in_flight_requests", Help: "Requests being served now, by model.",
+		}, []string{"model"}),
+		UsageReportLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "helixflow_runtime_usage_pending_batches", Help: "Usage batches not yet acknowledged by the manager's aggregator.",
+		}),
+		registry: prometheus.NewRegistry(),
+	}
+	for i := range m.statusLabelText {
+		m.statusLabelText[i] = strconv.Itoa(i)
+	}
+	m.registry.MustRegister(m.Requests, m.Latency, m.TimeToFirstTok, m.Tokens, m.Rejections, m.UpstreamErrors, m.InFlight,
+		m.UsageReportLag, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry is what the metrics endpoint serves.
+func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
+
+// code is the label text of an HTTP status without allocating.
+func (m *Metrics) code(status int) string {
+	if status >= 0 && status < len(m.statusLabelText) {
+		return m.statusLabelText[status]
+	}
+	return strconv.Itoa(status)
+}

@@ -1,0 +1,256 @@
+// Package dataplane_test runs the data path for real: the manager (ApiKey controller, JWKS,
+// usage aggregator) and `runtime serve` against a real API server, the runtime in front of
+// the test engine (a test double of an OpenAI-compatible engine), and real clients: the
+// official openai npm SDK.
+package dataplane_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/controllers"
+	"github.com/helixflow/helixflow/internal/manager"
+	"github.com/helixflow/helixflow/internal/runtime/serve"
+	"github.com/helixflow/helixflow/test/clients"
+	"github.com/helixflow/helixflow/test/testengine"
+	"github.com/helixflow/helixflow/test/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
+	os.Exit(testenv.Run(m, &env))
+}
+
+// cluster is a manager, a namespace with an InferenceModel, and a runtime serving it.
+type cluster struct {
+	t          *testing.T
+	ns         string
+	runtimeURL string
+	engine     *testengine.Engine
+	cfg        controllers.Config
+}
+
+func eventually(t *testing.T, what string, timeout time.Duration, cond func() error) {
+	t.Helper()
+	var last error
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		last = cond()
+		return last == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", what, last)
+	}
+}
+
+// startManager runs the manager's controllers in-process until the test ends.
+func startManager(t *testing.T, cfg controllers.Config) (stop func()) {
+	t.Helper()
+	opts := manager.DefaultOptions()
+	opts.MetricsBindAddress, opts.HealthProbeBindAddress = "0", "0"
+	opts.Namespace = cfg.Namespace
+	opts.SkipControllerNameValidation = true
+	opts.Setup = []func(ctrl.Manager) error{func(mgr ctrl.Manager) error { return controllers.Setup(mgr, cfg) }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- manager.Run(ctx, env.Config, opts) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+// startRuntime runs `runtime serve` for model in ns in front of engineURL until the test ends.
+func startRuntime(t *testing.T, ns, model, engineURL string, tune func(*serve.Options)) (url string, stop func()) {
+	t.Helper()
+	addr, err := testenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := serve.DefaultOptions()
+	opts.Model, opts.Namespace, opts.Upstream, opts.Kube = model, ns, engineURL, env.Config
+	opts.HTTPAddress, opts.GRPCAddress, opts.MetricsAddress = addr, "0", "0"
+	if tune != nil {
+		tune(&opts)
+	}
+	s, err := serve.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("runtime: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stop)
+	url = "http://" + addr
+	if err := testenv.WaitHTTP200(context.Background(), url+"/readyz", 30*time.Second); err != nil {
+		t.Fatalf("runtime not ready: %v", err)
+	}
+	return url, stop
+}
+
+func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
+	t.Helper()
+	ctx := context.Background()
+	cfg := controllers.DefaultConfig()
+	cfg.Namespace = "helixflow-system"
+	cfg.TokenServiceBindAddress = "0"
+	_ = env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cfg.Namespace}})
+	startManager(t, cfg)
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "dp-"}}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	model := &servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "chat"},
+		Spec: servingv1alpha1.InferenceModelSpec{
+			Model:    servingv1alpha1.ModelSource{URI: "hf://org/chat", Name: testengine.DefaultModel},
+			Engine:   servingv1alpha1.EngineSpec{Type: servingv1alpha1.EngineVLLM},
+			Replicas: ptr.To[int32](0),
+		},
+	}
+	if err := env.Client.Create(ctx, model); err != nil {
+		t.Fatal(err)
+	}
+	engine, engineURL := testengine.NewTestServer(t, engineCfg)
+	c := &cluster{t: t, ns: ns.Name, engine: engine, cfg: cfg}
+	c.runtimeURL, _ = startRuntime(t, ns.Name, "chat", engineURL, nil)
+	return c
+}
+
+// apiKey creates an ApiKey, waits until it is Ready and returns its generated key.
+func (c *cluster) apiKey(name string, mutate func(*servingv1alpha1.ApiKey)) string {
+	c.t.Helper()
+	ak := &servingv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: c.ns, Name: name}}
+	if mutate != nil {
+		mutate(ak)
+	}
+	if err := env.Client.Create(context.Background(), ak); err != nil {
+		c.t.Fatal(err)
+	}
+	eventually(c.t, "ApiKey "+name+" Ready", 30*time.Second, func() error {
+		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(ak), ak); err != nil {
+			return err
+		}
+		if !meta.IsStatusConditionTrue(ak.Status.Conditions, servingv1alpha1.ConditionReady) {
+			return fmt.Errorf("conditions %v", ak.Status.Conditions)
+		}
+		return nil
+	})
+	sec := &corev1.Secret{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: c.ns, Name: ak.DefaultSecretName()}, sec); err != nil {
+		c.t.Fatal(err)
+	}
+	return string(sec.Data[controllers.APIKeySecretDataKey])
+}
+
+type sdkError struct {
+	Class  string `json:"class"`
+	Status int    `json:"status"`
+	Code   string `json:"code"`
+}
+
+type sdkResult struct {
+	Models []string `json:"models"`
+	Chat   struct {
+		Content string        `json:"content"`
+		Usage   serve.Usage   `json:"usage"`
+		_       []interface{} `json:"-"`
+	} `json:"chat"`
+	Stream struct {
+		Content      string `json:"content"`
+		Chunks       int    `json:"chunks"`
+		SawUsage     bool   `json:"sawUsage"`
+		FinishReason string `json:"finishReason"`
+	} `json:"stream"`
+	Unauthenticated *sdkError `json:"unauthenticated"`
+	Forbidden       *sdkError `json:"forbidden"`
+	RateLimited     *sdkError `json:"rateLimited"`
+}
+
+// TestOpenAINodeSDK drives runtime serve with the official openai npm SDK: list models, a
+// chat completion, a streamed chat completion assembled from chunks, and the SDK's own error
+// classes for 401, 403 and 429.
+func TestOpenAINodeSDK(t *testing.T) {
+	c := newCluster(t, testengine.Config{ChunkInterval: 5 * time.Millisecond})
+	key := c.apiKey("app", nil)
+	narrow := c.apiKey("narrow", func(ak *servingv1alpha1.ApiKey) { ak.Spec.Models = []string{"another-model"} })
+	limited := c.apiKey("limited", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.RateLimit = &servingv1alpha1.KeyRateLimit{RequestsPerMinute: 1}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := clients.NodeCommand(ctx, t, "runtime.mjs")
+	cmd.Env = append(os.Environ(), "OPENAI_BASE_URL="+c.runtimeURL+"/v1", "MODEL="+testengine.DefaultModel,
+		"KEY="+key, "NARROW_KEY="+narrow, "LIMITED_KEY="+limited)
+	out, err := cmd.Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(interface{ Stderr() []byte }); ok {
+			stderr = ee.Stderr()
+		}
+		t.Fatalf("node: %v\n%s\n%s", err, out, stderr)
+	}
+	var res sdkResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("node printed %s: %v", out, err)
+	}
+	if len(res.Models) != 1 || res.Models[0] != testengine.DefaultModel {
+		t.Errorf("models %v", res.Models)
+	}
+	if res.Chat.Content != testengine.CompletionText(6) || res.Chat.Usage.CompletionTokens != 6 || res.Chat.Usage.PromptTokens != 4 {
+		t.Errorf("chat %+v", res.Chat)
+	}
+	if res.Stream.Content != testengine.CompletionText(5) || res.Stream.FinishReason == "" || res.Stream.Chunks < 5 {
+		t.Errorf("stream %+v, want the text %q assembled from chunks", res.Stream, testengine.CompletionText(5))
+	}
+	if res.Stream.SawUsage {
+		t.Error("the SDK saw a usage chunk it did not ask for")
+	}
+	for _, tc := range []struct {
+		got    *sdkError
+		class  string
+		status int
+	}{
+		{res.Unauthenticated, "AuthenticationError", 401},
+		{res.Forbidden, "PermissionDeniedError", 403},
+		{res.RateLimited, "RateLimitError", 429},
+	} {
+		if tc.got == nil || tc.got.Class != tc.class || tc.got.Status != tc.status {
+			t.Errorf("got %+v, want %s (%d)", tc.got, tc.class, tc.status)
+		}
+	}
+}
