@@ -12,6 +12,7 @@ import (
 	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/signing"
 	"github.com/helixflow/helixflow/internal/tokenservice"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // FieldOwner is the server-side apply field manager of everything the manager writes.
@@ -49,6 +50,8 @@ type Config struct {
 	TokenTTL, MaxTokenTTL time.Duration
 	// TokenServiceBindAddress serves POST /v1/tokens and the JWKS; "0" disables it.
 	TokenServiceBindAddress string
+	// UsageBindAddress serves the gRPC usage aggregator runtimes report to; "0" disables it.
+	UsageBindAddress string
 }
 
 // DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
@@ -81,6 +84,7 @@ func DefaultConfig() Config {
 		TokenTTL:                tokenservice.DefaultTTL,
 		MaxTokenTTL:             tokenservice.DefaultMaxTTL,
 		TokenServiceBindAddress: tokenservice.DefaultBindAddress,
+		UsageBindAddress:        usage.DefaultBindAddress,
 	}
 }
 

@@ -25,6 +25,7 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/signing"
 	"github.com/helixflow/helixflow/internal/tokenservice"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // indexModelPool indexes InferenceModels by spec.gpu.pool.
@@ -56,7 +57,7 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 }
 
 // setupAuth registers the ApiKey controller, the signing-key rotation and loading, the JWKS
-// publisher and the token service.
+// publisher, the token service and the usage aggregator.
 func setupAuth(mgr ctrl.Manager, cfg Config) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &servingv1alpha1.ApiKey{}, indexApiKeyHash, apiKeyHashes); err != nil {
 		return fmt.Errorf("indexing ApiKeys by key hash: %w", err)
@@ -87,6 +88,13 @@ func setupAuth(mgr ctrl.Manager, cfg Config) error {
 	}
 	if err := mgr.Add(tokens); err != nil {
 		return fmt.Errorf("adding token service: %w", err)
+	}
+	if cfg.UsageBindAddress != "0" {
+		agg := usage.NewAggregator(mgr.GetClient(), cfg.UsageBindAddress, usage.WithAPIReader(mgr.GetAPIReader()),
+			usage.WithAggregatorLogger(mgr.GetLogger().WithName("usage")))
+		if err := mgr.Add(agg); err != nil {
+			return fmt.Errorf("adding usage aggregator: %w", err)
+		}
 	}
 	return nil
 }

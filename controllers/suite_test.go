@@ -36,7 +36,7 @@ var testConfig = func() Config {
 	c := DefaultConfig()
 	c.RuntimeImage = "example.test/helixflow/runtime:test"
 	// Several managers run in one test binary, and other packages' tests run beside it.
-	c.TokenServiceBindAddress = "0"
+	c.TokenServiceBindAddress, c.UsageBindAddress = "0", "0"
 	return c
 }()
 

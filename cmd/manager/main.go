@@ -64,6 +64,8 @@ func main() {
 	flag.DurationVar(&cfg.JWTRotationPeriod, "jwt-rotation-period", cfg.JWTRotationPeriod,
 		"How long a JWT signing key signs before a new one replaces it; the old one stays published until its tokens expire.")
 	flag.StringVar(&cfg.JWTIssuer, "jwt-issuer", cfg.JWTIssuer, "The iss claim of issued tokens, which runtimes require.")
+	flag.StringVar(&cfg.UsageBindAddress, "usage-bind-address", cfg.UsageBindAddress,
+		"Address the gRPC usage aggregator (runtimes report per-key token usage to it) binds to; 0 disables it.")
 	flag.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "Lifetime of an issued token when the request does not ask for one.")
 	flag.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", cfg.MaxTokenTTL, "Longest lifetime a token request may ask for.")
 	zapOpts := zap.Options{}

@@ -39,11 +39,14 @@ func TestMain(m *testing.M) {
 
 // cluster is a manager, a namespace with an InferenceModel, and a runtime serving it.
 type cluster struct {
-	t          *testing.T
-	ns         string
-	runtimeURL string
-	engine     *testengine.Engine
-	cfg        controllers.Config
+	t           *testing.T
+	ns          string
+	runtimeURL  string
+	stopRuntime func()
+	stopManager func()
+	engine      *testengine.Engine
+	engineURL   string
+	cfg         controllers.Config
 }
 
 func eventually(t *testing.T, what string, timeout time.Duration, cond func() error) {
@@ -127,8 +130,13 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 	cfg := controllers.DefaultConfig()
 	cfg.Namespace = "helixflow-system"
 	cfg.TokenServiceBindAddress = "0"
+	usageAddr, err := testenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.UsageBindAddress = usageAddr
 	_ = env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cfg.Namespace}})
-	startManager(t, cfg)
+	stopManager := startManager(t, cfg)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "dp-"}}
 	if err := env.Client.Create(ctx, ns); err != nil {
 		t.Fatal(err)
@@ -145,9 +153,16 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 		t.Fatal(err)
 	}
 	engine, engineURL := testengine.NewTestServer(t, engineCfg)
-	c := &cluster{t: t, ns: ns.Name, engine: engine, cfg: cfg}
-	c.runtimeURL, _ = startRuntime(t, ns.Name, "chat", engineURL, nil)
+	c := &cluster{t: t, ns: ns.Name, engine: engine, engineURL: engineURL, cfg: cfg, stopManager: stopManager}
+	c.startRuntime()
 	return c
+}
+
+// startRuntime starts (or restarts) the runtime, reporting usage to the manager.
+func (c *cluster) startRuntime() {
+	c.runtimeURL, c.stopRuntime = startRuntime(c.t, c.ns, "chat", c.engineURL, func(o *serve.Options) {
+		o.UsageEndpoint = c.cfg.UsageBindAddress
+	})
 }
 
 // apiKey creates an ApiKey, waits until it is Ready and returns its generated key.

@@ -100,7 +100,7 @@ func installAndStartManager(ctx context.Context) (stop func(), err error) {
 	}
 	cmd := exec.Command(bin, "--kubeconfig", cluster.KubeconfigPath(), "--leader-elect",
 		"--metrics-bind-address", metrics, "--health-probe-bind-address", probe,
-		"--token-service-bind-address", "0",
+		"--token-service-bind-address", "0", "--usage-bind-address", "0",
 		"--runtime-image", "example.test/helixflow/runtime:e2e")
 	cmd.Env = append(os.Environ(), "POD_NAMESPACE=helixflow-system")
 	cmd.Stdout, cmd.Stderr = logFile, logFile

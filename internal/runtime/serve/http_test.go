@@ -125,7 +125,9 @@ func TestRefusalsAreOpenAIErrors(t *testing.T) {
 	r := newRig(t, testengine.Config{}, func(o *Options) { o.MaxBodyBytes = 1024 })
 	key := r.addKey("app", nil)
 	narrow := r.addKey("narrow", func(ak *servingv1alpha1.ApiKey) { ak.Spec.Models = []string{"other-model"} })
-	listOnly := r.addKey("list", func(ak *servingv1alpha1.ApiKey) { ak.Spec.Scopes = []servingv1alpha1.Scope{servingv1alpha1.ScopeListModels} })
+	listOnly := r.addKey("list", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.Scopes = []servingv1alpha1.Scope{servingv1alpha1.ScopeListModels}
+	})
 
 	wantError(t, r.post(RouteChatCompletions, "", chatBody), http.StatusUnauthorized, "invalid_api_key")
 	wantError(t, r.post(RouteChatCompletions, "hfk_nope_nope", chatBody), http.StatusUnauthorized, "invalid_api_key")

@@ -20,6 +20,7 @@ import (
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // Options configure the runtime. The flags of `runtime serve` map onto them one to one.
@@ -84,6 +85,7 @@ type Server struct {
 	limits       *Limiter
 	metrics      *Metrics
 	usage        UsageRecorder
+	reporter     *usage.Reporter // when the server built the usage reporter itself
 	health       engineHealth
 	draining     atomic.Bool
 	ws           wsHub
@@ -112,6 +114,13 @@ func New(opts Options) (*Server, error) {
 		model:        newModelWatch(&modelState{name: opts.Model, mode: servingv1alpha1.AuthModeAPIKeyOrJWT}),
 		metrics:      NewMetrics(),
 		usage:        opts.Usage,
+	}
+	if s.usage == nil && opts.UsageEndpoint != "" {
+		rep, err := usage.NewReporter(opts.UsageEndpoint, usage.NewReporterID(), usage.WithReporterLogger(opts.Log.WithName("usage")))
+		if err != nil {
+			return nil, err
+		}
+		s.usage, s.reporter = rep, rep
 	}
 	s.limits = NewLimiter(opts.Now, func() int32 { return s.model.Load().ready })
 	s.health = engineHealth{url: s.upstreamBase + opts.UpstreamHealthPath, client: s.client}
@@ -150,6 +159,13 @@ func (s *Server) Run(ctx context.Context) error {
 	servers, err := s.listen()
 	if err != nil {
 		return err
+	}
+	if s.reporter != nil {
+		// The reporter outlives ctx: the last streams still record usage while they drain,
+		// and shutdown flushes it once they have ended.
+		rctx, stopReporter := context.WithCancel(context.WithoutCancel(ctx))
+		go func() { _ = s.reporter.Run(rctx) }()
+		defer func() { stopReporter(); _ = s.reporter.Close() }()
 	}
 	errs := make(chan error, len(servers))
 	for _, srv := range servers {

@@ -110,7 +110,7 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	}
 	mgr := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address", metricsAddr,
 		"--health-probe-bind-address", probeAddr, "--max-concurrent-reconciles", strconv.Itoa(reconcilers),
-		"--token-service-bind-address", "0",
+		"--token-service-bind-address", "0", "--usage-bind-address", "0",
 		// The same client-side rate limit as the baseline's client (envtest's config), so the
 		// ratio measures the reconciler, not two different limiter settings.
 		"--kube-api-qps", fmt.Sprint(env.Config.QPS), "--kube-api-burst", fmt.Sprint(env.Config.Burst))
