@@ -83,7 +83,7 @@ func (f *Failure) writeHTTP(w http.ResponseWriter) {
 // GRPCCode is the gRPC status code of an HTTP-shaped failure.
 func (f *Failure) GRPCCode() codes.Code {
 	switch f.Status {
-	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusRequestHeaderFieldsTooLarge:
 		return codes.InvalidArgument
 	case http.StatusUnauthorized:
 		return codes.Unauthenticated

@@ -63,7 +63,13 @@ type callFields struct {
 type Outcome struct {
 	Status int
 	Usage  Usage
+	// streamEnded is true when the engine finished a stream: the sink's End is due, once
+	// the usage is settled (so a client that reads the end and asks again sees it counted).
+	streamEnded bool
 }
+
+// errClientGone means the client stopped reading a stream.
+var errClientGone = errors.New("client went away")
 
 // Exchange runs one inference call for p: model and scope checks, the key's limits, the
 // engine call, the answer to sink, then usage and limits settled. HTTP, WebSocket and gRPC
@@ -74,6 +80,9 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	var f callFields
 	if err := json.Unmarshal(call.Body, &f); err != nil {
 		return s.reject(st, p, badRequest("invalid_json", "request body is not valid JSON: %v", err))
+	}
+	if !st.known && s.opts.Kube != nil {
+		return s.reject(st, p, errNotReady)
 	}
 	if f.Model == "" {
 		return s.reject(st, p, badRequest("missing_model", "request body has no \"model\""))
@@ -104,6 +113,9 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	inFlight.Dec()
 	adm.Done(out.Usage.PromptTokens + out.Usage.CompletionTokens)
 	s.settle(st, p, call.Route, out, fail, start)
+	if out.streamEnded {
+		_ = sink.End() // a client gone by now has its usage counted all the same
+	}
 	return out, fail
 }
 
@@ -172,10 +184,10 @@ func (s *Server) forward(ctx context.Context, st *modelState, route string, body
 	defer func() { _ = resp.Body.Close() }()
 	if stream && resp.StatusCode == http.StatusOK && isEventStream(resp.Header.Get("Content-Type")) {
 		u, err := s.relayStream(st, resp.Body, wantUsage, sink, start)
-		if err != nil {
+		if err != nil && !errors.Is(err, errClientGone) {
 			s.metrics.UpstreamErrors.WithLabelValues(st.name, "stream").Inc()
 		}
-		return Outcome{Status: http.StatusOK, Usage: u}, nil
+		return Outcome{Status: http.StatusOK, Usage: u, streamEnded: err == nil}, nil
 	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
 	if err != nil {
@@ -243,7 +255,8 @@ var (
 
 // relayStream passes the engine's SSE chunks to sink one by one as they arrive (no
 // buffering beyond one line), takes the usage from the usage chunk, and drops that chunk
-// when the client did not ask for it.
+// when the client did not ask for it. It returns nil when the engine ended the stream
+// ([DONE] or EOF); the caller then ends it for the client.
 func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sink Sink, start time.Time) (Usage, error) {
 	r := bufio.NewReaderSize(body, 64<<10)
 	var usage Usage
@@ -255,7 +268,7 @@ func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sin
 		}
 		if payload, ok := ssePayload(line); ok {
 			if bytes.Equal(payload, doneMarker) {
-				return usage, sink.End()
+				return usage, nil
 			}
 			if bytes.Contains(payload, usageKey) {
 				if u, onlyUsage := streamUsage(payload); u != nil {
@@ -270,12 +283,13 @@ func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sin
 				s.metrics.TimeToFirstTok.WithLabelValues(st.name).Observe(time.Since(start).Seconds())
 			}
 			if werr := sink.Chunk(payload); werr != nil {
-				return usage, nil // the client left; the deferred close cancels the engine
+				// The client left; closing the engine's body (deferred) cancels its work.
+				return usage, fmt.Errorf("%w: %w", errClientGone, werr)
 			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return usage, sink.End()
+				return usage, nil
 			}
 			return usage, err
 		}

@@ -229,3 +229,20 @@ func TestRateLimitHoldsAtThreeTimesTheLimit(t *testing.T) {
 		t.Fatalf("accepted %d, want within 5%% of %v", accepted, want)
 	}
 }
+
+func TestCompletionsAndEmbeddingsAreMetered(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("batch", nil)
+	resp := r.post(RouteCompletions, key, `{"model":"`+testengine.DefaultModel+`","prompt":"four words of prompt","max_tokens":3}`)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("completions: %d", resp.StatusCode)
+	}
+	resp = r.post(RouteEmbeddings, key, `{"model":"`+testengine.DefaultModel+`","input":["a b c","d"]}`)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("embeddings: %d", resp.StatusCode)
+	}
+	// 4 + 3 for the completion, 4 prompt tokens for the embeddings.
+	if got := r.usage.total(testNS + "/batch"); got != 11 {
+		t.Fatalf("recorded %d tokens, want 11", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Metrics are the runtime's Prometheus metrics. Labels carry the served model and the
@@ -17,7 +18,6 @@ type Metrics struct {
 	Rejections      *prometheus.CounterVec
 	UpstreamErrors  *prometheus.CounterVec
 	InFlight        *prometheus.GaugeVec
-	UsageReportLag  prometheus.Gauge
 	registry        *prometheus.Registry
 	statusLabelText [600]string
 }
@@ -51,16 +51,13 @@ func NewMetrics() *Metrics {
 		InFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "helixflow_runtime_in_flight_requests", Help: "Requests being served now, by model.",
 		}, []string{"model"}),
-		UsageReportLag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "helixflow_runtime_usage_pending_batches", Help: "Usage batches not yet acknowledged by the manager's aggregator.",
-		}),
 		registry: prometheus.NewRegistry(),
 	}
 	for i := range m.statusLabelText {
 		m.statusLabelText[i] = strconv.Itoa(i)
 	}
 	m.registry.MustRegister(m.Requests, m.Latency, m.TimeToFirstTok, m.Tokens, m.Rejections, m.UpstreamErrors, m.InFlight,
-		m.UsageReportLag, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

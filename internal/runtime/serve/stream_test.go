@@ -12,8 +12,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
-	"github.com/helixflow/helixflow/test/testenv"
 	"github.com/helixflow/helixflow/test/testengine"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // TestStreamIsNotBuffered: with an engine that sends a chunk every 100 ms, each chunk

@@ -1,0 +1,376 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// config is one benchmark run.
+type config struct {
+	Clients  int
+	Duration time.Duration
+	Warmup   time.Duration
+	Rounds   int
+	// NginxWorkers is nginx's worker_processes.
+	NginxWorkers string
+	// Nginx measures the nginx path; when nginx cannot be found or installed the path is
+	// skipped with the reason (never a made-up figure).
+	Nginx bool
+	// Paths limits the measured paths (pathDirect, pathRuntime, pathNginx); empty is all.
+	// Setup and checks run for all of them; only the load is limited (for profiling one path).
+	Paths []string
+	// Log receives progress lines; nil discards them.
+	Log io.Writer
+}
+
+func (c config) runs(name string) bool { return len(c.Paths) == 0 || slices.Contains(c.Paths, name) }
+
+func defaultConfig() config {
+	return config{Clients: 16, Duration: 10 * time.Second, Warmup: 2 * time.Second, Rounds: 2, NginxWorkers: "auto", Nginx: true}
+}
+
+// Path names, in table order.
+const (
+	pathDirect  = "direct"
+	pathRuntime = "runtime serve"
+	pathNginx   = "nginx"
+)
+
+// pathResult is one path over all rounds.
+type pathResult struct {
+	Name   string
+	Rounds []loadResult
+	// Skipped says why the path was not measured ("" when it was).
+	Skipped string
+	// Notes are checks made on the path besides the load (auth and limits enforced,
+	// metrics and usage counted).
+	Notes []string
+}
+
+func (p *pathResult) measured() bool { return p.Skipped == "" && len(p.Rounds) > 0 }
+
+// Medians over rounds; errors and requests are summed.
+func (p *pathResult) rps() float64 {
+	return median(p.Rounds, func(r loadResult) float64 { return r.RPS })
+}
+
+func (p *pathResult) p50() time.Duration {
+	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.P50) }))
+}
+
+func (p *pathResult) p99() time.Duration {
+	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.P99) }))
+}
+
+func (p *pathResult) cpuPerRequest() time.Duration {
+	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.CPUPerRequest()) }))
+}
+
+func (p *pathResult) errors() int64 {
+	var n int64
+	for _, r := range p.Rounds {
+		n += r.Errors
+	}
+	return n
+}
+
+func (p *pathResult) requests() int64 {
+	var n int64
+	for _, r := range p.Rounds {
+		n += r.Requests
+	}
+	return n
+}
+
+// errorSamples merges the error messages of every round.
+func (p *pathResult) errorSamples() map[string]int64 {
+	out := map[string]int64{}
+	for _, r := range p.Rounds {
+		for k, v := range r.ErrorSamples {
+			out[k] += v
+		}
+	}
+	return out
+}
+
+func median(rs []loadResult, f func(loadResult) float64) float64 {
+	if len(rs) == 0 {
+		return 0
+	}
+	v := make([]float64, len(rs))
+	for i, r := range rs {
+		v[i] = f(r)
+	}
+	sort.Float64s(v)
+	n := len(v)
+	if n%2 == 1 {
+		return v[n/2]
+	}
+	return (v[n/2-1] + v[n/2]) / 2
+}
+
+// report is the outcome of a run.
+type report struct {
+	Config  config
+	Machine string
+	// LoadBefore and LoadAfter are the system's load averages around the run ("" unknown):
+	// other work on the machine competes with the paths for the same CPUs.
+	LoadBefore, LoadAfter string
+	Paths                 []*pathResult
+}
+
+// loadAverage is /proc/loadavg's 1, 5 and 15 minute averages, or "" where there is none.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func (r *report) path(name string) *pathResult {
+	for _, p := range r.Paths {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// runBench sets up the engine and the three paths, then measures them interleaved.
+func runBench(ctx context.Context, cfg config) (*report, error) {
+	if cfg.Clients < 1 || cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Warmup < 0 {
+		return nil, errors.New("need -clients >= 1, -rounds >= 1, -duration > 0 and -warmup >= 0")
+	}
+	logf := func(format string, args ...any) {
+		if cfg.Log != nil {
+			fmt.Fprintf(cfg.Log, "bench-dataplane: "+format+"\n", args...)
+		}
+	}
+	rep := &report{Config: cfg, Machine: machine(), LoadBefore: loadAverage()}
+	defer func() { rep.LoadAfter = loadAverage() }()
+
+	eng, err := startEngine()
+	if err != nil {
+		return nil, err
+	}
+	defer eng.close()
+	logf("test engine on %s", eng.url)
+
+	direct := &pathResult{Name: pathDirect}
+	rt := &pathResult{Name: pathRuntime}
+	ngx := &pathResult{Name: pathNginx}
+	rep.Paths = []*pathResult{direct, rt, ngx}
+	targets := map[*pathResult]target{}
+
+	targets[direct] = target{url: eng.url}
+
+	rs, err := startRuntime(ctx, eng.url)
+	if err != nil {
+		return nil, fmt.Errorf("starting runtime serve: %w", err)
+	}
+	defer func() {
+		if err := rs.close(); err != nil {
+			logf("stopping runtime serve: %v", err)
+		}
+	}()
+	logf("runtime serve on %s (metrics on %s)", rs.url, rs.metricsURL)
+	targets[rt] = target{url: rs.url, authorization: "Bearer " + rs.key}
+	notes, err := rs.checkEnforcement(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("runtime serve: %w", err)
+	}
+	rt.Notes = append(rt.Notes, notes...)
+
+	switch {
+	case !cfg.Nginx:
+		ngx.Skipped = "disabled with -nginx=false"
+	default:
+		nx, err := startNginx(ctx, eng.url, cfg.NginxWorkers, logf)
+		if err != nil {
+			var unavailable *nginxUnavailable
+			if !errors.As(err, &unavailable) {
+				return nil, fmt.Errorf("starting nginx: %w", err)
+			}
+			ngx.Skipped = unavailable.Error()
+			logf("skipping the nginx path: %s", ngx.Skipped)
+			break
+		}
+		defer nx.close()
+		logf("nginx %s on %s (worker_processes %s)", nx.version, nx.url, cfg.NginxWorkers)
+		targets[ngx] = target{url: nx.url, proxyPID: nx.cmd.Process.Pid}
+		ngx.Notes = append(ngx.Notes, "nginx "+nx.version+", worker_processes "+cfg.NginxWorkers)
+	}
+
+	var order []*pathResult
+	for _, p := range rep.Paths {
+		if _, ok := targets[p]; !ok {
+			continue
+		}
+		if !cfg.runs(p.Name) {
+			p.Skipped = "left out with -paths"
+			continue
+		}
+		order = append(order, p)
+	}
+	// Each path answers one request correctly before any load.
+	for p, t := range targets {
+		if err := probe(ctx, t); err != nil {
+			return nil, fmt.Errorf("%s: correctness probe: %w", p.Name, err)
+		}
+	}
+	for round := range cfg.Rounds {
+		for i := range order {
+			// The starting path rotates, so no path always runs first (or after the same one).
+			p := order[(i+round)%len(order)]
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			res := runLoad(ctx, targets[p], cfg.Clients, cfg.Warmup, cfg.Duration)
+			logf("round %d/%d %-13s %8.0f req/s  p50 %s  p99 %s  errors %d", round+1, cfg.Rounds, p.Name, res.RPS, fmtMS(res.P50), fmtMS(res.P99), res.Errors)
+			p.Rounds = append(p.Rounds, res)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	okThroughRuntime := int64(1) // the probe
+	for _, r := range rt.Rounds {
+		okThroughRuntime += r.Sent
+	}
+	notes, err = rs.checkAccounting(ctx, okThroughRuntime)
+	if err != nil {
+		return nil, fmt.Errorf("runtime serve: %w", err)
+	}
+	rt.Notes = append(rt.Notes, notes...)
+	return rep, nil
+}
+
+func machine() string {
+	s := fmt.Sprintf("%s/%s, %d CPUs (runtime.NumCPU), GOMAXPROCS %d, %s", runtime.GOOS, runtime.GOARCH,
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+	if out, err := exec.Command("uname", "-r").Output(); err == nil {
+		s += ", kernel " + strings.TrimSpace(string(out))
+	}
+	return s
+}
+
+func fmtCPU(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
+}
+
+func fmtMS(d time.Duration) string {
+	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
+}
+
+// Print writes the table and the targets.
+func (r *report) Print(w io.Writer) {
+	c := r.Config
+	fmt.Fprintf(w, "\nData-plane benchmark: POST /v1/chat/completions (non-stream, max_tokens 8), test engine with no delays\n")
+	fmt.Fprintf(w, "machine: %s\n", r.Machine)
+	if r.LoadBefore != "" {
+		fmt.Fprintf(w, "load average (1/5/15 min): %s before the run, %s after (a figure above the CPU count means other work competed for the CPUs)\n",
+			r.LoadBefore, r.LoadAfter)
+	}
+	fmt.Fprintf(w, "load: %d clients over keep-alive connections, %s measured after %s warm-up, per path and round; %d rounds interleaved; medians over rounds\n\n",
+		c.Clients, c.Duration, c.Warmup, c.Rounds)
+
+	direct := r.path(pathDirect)
+	fmt.Fprintf(w, "%-14s %9s %10s %10s %10s %7s %11s %11s %10s\n", "path", "RPS", "p50", "p99", "requests", "errors", "RPS/direct", "added p50", "CPU/req")
+	for _, p := range r.Paths {
+		if !p.measured() {
+			fmt.Fprintf(w, "%-14s %s\n", p.Name, "not measured: "+p.Skipped)
+			continue
+		}
+		ratio, added := "-", "-"
+		if p != direct && direct.measured() {
+			ratio = fmt.Sprintf("%.2f", p.rps()/direct.rps())
+			added = fmt.Sprintf("%+.3f ms", float64(p.p50()-direct.p50())/float64(time.Millisecond))
+		}
+		fmt.Fprintf(w, "%-14s %9.0f %10s %10s %10d %7d %11s %11s %10s\n", p.Name, p.rps(), fmtMS(p.p50()), fmtMS(p.p99()),
+			p.requests(), p.errors(), ratio, added, fmtCPU(p.cpuPerRequest()))
+	}
+	fmt.Fprintln(w, "(RPS, p50, p99, CPU/req: medians over rounds; requests, errors: all rounds; CPU/req: CPU time of this process"+
+		" (load generator + engine + embedded runtime) plus nginx's processes, per request)")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "per round (RPS / p50 / p99 / CPU per request, this process + nginx):")
+	for _, p := range r.Paths {
+		if !p.measured() {
+			continue
+		}
+		var parts []string
+		for _, rr := range p.Rounds {
+			cpu := "CPU unknown"
+			if rr.CPUErr == nil && rr.Requests > 0 {
+				n := time.Duration(rr.Requests)
+				cpu = fmtCPU(rr.SelfCPU / n)
+				if rr.ProxyCPU > 0 {
+					cpu += " + nginx " + fmtCPU(rr.ProxyCPU/n)
+				}
+			}
+			parts = append(parts, fmt.Sprintf("%.0f / %s / %s / %s", rr.RPS, fmtMS(rr.P50), fmtMS(rr.P99), cpu))
+		}
+		fmt.Fprintf(w, "  %-13s %s\n", p.Name, strings.Join(parts, "  |  "))
+	}
+	for _, p := range r.Paths {
+		for _, n := range p.Notes {
+			fmt.Fprintf(w, "note (%s): %s\n", p.Name, n)
+		}
+		samples := p.errorSamples()
+		if len(samples) == 0 {
+			continue
+		}
+		keys := make([]string, 0, len(samples))
+		for k := range samples {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return samples[keys[i]] > samples[keys[j]] })
+		for _, k := range keys {
+			fmt.Fprintf(w, "errors (%s): %d x %s\n", p.Name, samples[k], k)
+		}
+	}
+
+	fmt.Fprintln(w, "\ntargets (issue 9, from this run):")
+	rt, ngx := r.path(pathRuntime), r.path(pathNginx)
+	switch {
+	case !rt.measured() || !direct.measured():
+		fmt.Fprintln(w, "  SKIP  runtime or direct path not measured")
+	case !ngx.measured():
+		fmt.Fprintf(w, "  SKIP  runtime RPS >= nginx RPS: nginx not measured (%s)\n", ngx.Skipped)
+		fmt.Fprintf(w, "  SKIP  runtime added p50 <= nginx added p50: nginx not measured (%s)\n", ngx.Skipped)
+	default:
+		fmt.Fprintf(w, "  %s  runtime RPS >= nginx RPS: %.0f vs %.0f (%.2fx nginx)\n",
+			passFail(rt.rps() >= ngx.rps()), rt.rps(), ngx.rps(), rt.rps()/ngx.rps())
+		ra, na := rt.p50()-direct.p50(), ngx.p50()-direct.p50()
+		fmt.Fprintf(w, "  %s  runtime added p50 <= nginx added p50: %+.3f ms vs %+.3f ms\n",
+			passFail(ra <= na), float64(ra)/float64(time.Millisecond), float64(na)/float64(time.Millisecond))
+	}
+	for _, p := range r.Paths {
+		if p.measured() && p.errors() > 0 {
+			fmt.Fprintf(w, "  NOTE  %s had %d errors: its figures are not a clean measurement\n", p.Name, p.errors())
+		}
+	}
+}
+
+func passFail(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}

@@ -1,0 +1,307 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/helixflow/helixflow/test/testengine"
+)
+
+// target is where the load goes: a base URL and, for the runtime, the Authorization header.
+type target struct {
+	url           string
+	authorization string
+	// proxyPID is a proxy process outside this one (nginx's master), whose CPU time, with
+	// its workers', is added to this process's.
+	proxyPID int
+}
+
+// cpuSnapshot is the CPU time used so far by this process and by the target's proxy process.
+type cpuSnapshot struct {
+	self, proxy time.Duration
+	err         error
+}
+
+func (t target) cpu() cpuSnapshot {
+	var s cpuSnapshot
+	s.self, s.err = selfCPU()
+	if s.err == nil && t.proxyPID != 0 {
+		s.proxy, s.err = treeCPU(t.proxyPID)
+	}
+	return s
+}
+
+// The request every client sends, and what the engine's usage for it must be: 5 prompt
+// words, 8 completion tokens (the test engine counts words and honours max_tokens).
+var (
+	requestBody = []byte(`{"model":"` + testengine.DefaultModel +
+		`","messages":[{"role":"user","content":"Say hello to the benchmark"}],"max_tokens":8}`)
+	wantUsage = []byte(`"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}`)
+)
+
+const (
+	promptTokens     = 5
+	completionTokens = 8
+)
+
+// loadResult is one path in one round.
+type loadResult struct {
+	// Requests completed in the measured window (answered or failed); Errors among them.
+	Requests, Errors int64
+	// Elapsed is the measured window, until the last client finished its last request.
+	Elapsed time.Duration
+	RPS     float64
+	// P50 and P99 are over the successful requests of the window.
+	P50, P99 time.Duration
+	// ErrorSamples counts errors by message.
+	ErrorSamples map[string]int64
+	// Sent counts every successful request, warm-up included.
+	Sent int64
+	// SelfCPU and ProxyCPU are the CPU time used in the measured window by this process
+	// (load generator, engine and, on its path, the runtime) and by the proxy process
+	// (nginx's master and workers); CPUErr says why they are unknown.
+	SelfCPU, ProxyCPU time.Duration
+	CPUErr            error
+}
+
+// CPUPerRequest is the CPU time, all processes together, per request of the window.
+func (r loadResult) CPUPerRequest() time.Duration {
+	if r.CPUErr != nil || r.Requests == 0 {
+		return 0
+	}
+	return (r.SelfCPU + r.ProxyCPU) / time.Duration(r.Requests)
+}
+
+func newTransport(conns int) *http.Transport {
+	return &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        conns,
+		MaxIdleConnsPerHost: conns,
+		IdleConnTimeout:     90 * time.Second,
+		// No Accept-Encoding: gzip; none of the paths compresses, and the body is checked raw.
+		DisableCompression: true,
+	}
+}
+
+// newRequest builds one chat completion request to t.
+func newRequest(ctx context.Context, t target, header http.Header) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url+"/v1/chat/completions", bytes.NewReader(requestBody))
+	if err != nil {
+		return nil, err
+	}
+	req.Header = header
+	return req, nil
+}
+
+func requestHeader(t target) http.Header {
+	h := http.Header{"Content-Type": {"application/json"}}
+	if t.authorization != "" {
+		h.Set("Authorization", t.authorization)
+	}
+	return h
+}
+
+// probe sends one request and checks the whole answer, decoded: an OpenAI chat.completion
+// with one assistant message and the exact usage.
+func probe(ctx context.Context, t target) error {
+	c := &http.Client{Transport: newTransport(1), Timeout: 10 * time.Second}
+	defer c.CloseIdleConnections()
+	req, err := newRequest(ctx, t, requestHeader(t))
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d: %s", resp.StatusCode, body)
+	}
+	var v struct {
+		Object  string `json:"object"`
+		Model   string `json:"model"`
+		Choices []struct {
+			Message struct {
+				Role    string `json:"role"`
+				Content string `json:"content"`
+			} `json:"message"`
+			FinishReason string `json:"finish_reason"`
+		} `json:"choices"`
+		Usage *struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+			TotalTokens      int `json:"total_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.Unmarshal(body, &v); err != nil {
+		return fmt.Errorf("answer is not JSON: %w: %s", err, body)
+	}
+	switch {
+	case v.Object != "chat.completion" || v.Model != testengine.DefaultModel:
+		return fmt.Errorf("unexpected object %q / model %q: %s", v.Object, v.Model, body)
+	case len(v.Choices) != 1 || v.Choices[0].Message.Role != "assistant" || len(strings.Fields(v.Choices[0].Message.Content)) != completionTokens:
+		return fmt.Errorf("unexpected choices: %s", body)
+	case v.Usage == nil || v.Usage.PromptTokens != promptTokens || v.Usage.CompletionTokens != completionTokens ||
+		v.Usage.TotalTokens != promptTokens+completionTokens:
+		return fmt.Errorf("unexpected usage: %s", body)
+	case !bytes.Contains(body, wantUsage):
+		// The load generator checks the usage by this byte string; make sure it matches.
+		return fmt.Errorf("usage not spelled %s: %s", wantUsage, body)
+	}
+	return nil
+}
+
+// clientStats is what one client saw.
+type clientStats struct {
+	latencies []time.Duration
+	requests  int64
+	errors    int64
+	sent      int64
+	samples   map[string]int64
+	last      time.Time
+}
+
+func (s *clientStats) fail(msg string) {
+	s.errors++
+	if s.samples == nil {
+		s.samples = map[string]int64{}
+	}
+	if len(s.samples) < 20 {
+		s.samples[msg]++
+	} else if _, ok := s.samples[msg]; ok {
+		s.samples[msg]++
+	} else {
+		s.samples["(other errors)"]++
+	}
+}
+
+// runLoad runs clients loops of requests to t for warmup+duration, measuring the requests
+// that start after the warm-up.
+func runLoad(ctx context.Context, t target, clients int, warmup, duration time.Duration) loadResult {
+	tr := newTransport(2 * clients)
+	defer tr.CloseIdleConnections()
+	httpClient := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+
+	begin := time.Now()
+	measureFrom := begin.Add(warmup)
+	end := measureFrom.Add(duration)
+	stats := make([]*clientStats, clients)
+	var cpuFrom cpuSnapshot
+	cpuTaken := make(chan struct{})
+	time.AfterFunc(warmup, func() { cpuFrom = t.cpu(); close(cpuTaken) })
+	var wg sync.WaitGroup
+	for i := range clients {
+		st := &clientStats{latencies: make([]time.Duration, 0, 1<<14)}
+		stats[i] = st
+		wg.Add(1)
+		go pprof.Do(ctx, pprof.Labels("role", "loadgen"), func(ctx context.Context) {
+			defer wg.Done()
+			header := requestHeader(t)
+			var buf bytes.Buffer
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				if !t0.Before(end) {
+					break
+				}
+				ok, msg := do(ctx, httpClient, t, header, &buf)
+				t1 := time.Now()
+				if ok {
+					st.sent++
+				}
+				if t0.Before(measureFrom) {
+					continue
+				}
+				st.requests++
+				st.last = t1
+				if !ok {
+					st.fail(msg)
+					continue
+				}
+				st.latencies = append(st.latencies, t1.Sub(t0))
+			}
+		})
+	}
+	wg.Wait()
+	cpuTo := t.cpu()
+	<-cpuTaken
+
+	res := loadResult{ErrorSamples: map[string]int64{}}
+	if res.CPUErr = cpuFrom.err; res.CPUErr == nil {
+		res.CPUErr = cpuTo.err
+	}
+	res.SelfCPU, res.ProxyCPU = cpuTo.self-cpuFrom.self, cpuTo.proxy-cpuFrom.proxy
+	var all []time.Duration
+	last := end
+	for _, st := range stats {
+		res.Requests += st.requests
+		res.Errors += st.errors
+		res.Sent += st.sent
+		all = append(all, st.latencies...)
+		for k, v := range st.samples {
+			res.ErrorSamples[k] += v
+		}
+		if st.last.After(last) {
+			last = st.last
+		}
+	}
+	res.Elapsed = last.Sub(measureFrom)
+	if res.Elapsed > 0 {
+		res.RPS = float64(res.Requests-res.Errors) / res.Elapsed.Seconds()
+	}
+	slices.Sort(all)
+	res.P50, res.P99 = percentile(all, 0.50), percentile(all, 0.99)
+	return res
+}
+
+// do sends one request and checks the answer: 200 and the exact usage.
+func do(ctx context.Context, c *http.Client, t target, header http.Header, buf *bytes.Buffer) (bool, string) {
+	req, err := newRequest(ctx, t, header)
+	if err != nil {
+		return false, err.Error()
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return false, err.Error()
+	}
+	buf.Reset()
+	_, err = buf.ReadFrom(resp.Body)
+	_ = resp.Body.Close()
+	switch {
+	case err != nil:
+		return false, "reading answer: " + err.Error()
+	case resp.StatusCode != http.StatusOK:
+		b := buf.Bytes()
+		if len(b) > 200 {
+			b = b[:200]
+		}
+		return false, fmt.Sprintf("status %d: %s", resp.StatusCode, bytes.TrimSpace(b))
+	case !bytes.Contains(buf.Bytes(), wantUsage):
+		return false, "200 without the expected usage"
+	}
+	return true, ""
+}
+
+// percentile is the nearest-rank q-quantile of sorted.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}

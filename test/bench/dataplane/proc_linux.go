@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// setParentDeathSignal makes the kernel send nginx's master SIGTERM (a clean stop of its
+// workers) if this process dies without stopping it, so no nginx outlives the harness.
+func setParentDeathSignal(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+}
+
+// selfCPU is the CPU time (user + system) this process has used.
+func selfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, err
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// userHZ is the unit of the times in /proc/<pid>/stat (USER_HZ, 100 on every Linux port
+// that Go supports).
+const userHZ = 100
+
+// treeCPU is the CPU time (user + system) used by process pid and its live children (nginx's
+// master and workers), from /proc, in 10 ms ticks.
+func treeCPU(pid int) (time.Duration, error) {
+	total, _, err := procCPU(strconv.Itoa(pid))
+	if err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		cpu, ppid, err := procCPU(e.Name())
+		if err == nil && ppid == pid {
+			total += cpu
+		}
+	}
+	return total, nil
+}
+
+// procCPU reads utime + stime and the parent of /proc/<pid>/stat.
+func procCPU(pid string) (cpu time.Duration, ppid int, err error) {
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "stat"))
+	if err != nil {
+		return 0, 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces: fields count from
+	// after its closing parenthesis, where field 3 (state) is index 0.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("/proc/%s/stat: unexpected format", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("/proc/%s/stat: unexpected format", pid)
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, 0, err
+	}
+	utime, err := strconv.ParseInt(f[11], 10, 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	stime, err := strconv.ParseInt(f[12], 10, 64)
+	if err != nil {
+		return 0, 0, err
+	}
+	return time.Duration(utime+stime) * time.Second / userHZ, ppid, nil
+}
