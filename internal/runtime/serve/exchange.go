@@ -49,16 +49,6 @@ type Call struct {
 	Body  []byte
 }
 
-// callFields are the parts of an OpenAI request body the runtime needs; the rest passes
-// through to the engine untouched.
-type callFields struct {
-	Model         string `json:"model"`
-	Stream        bool   `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-}
-
 // Outcome is what a completed call did, for metrics and logs.
 type Outcome struct {
 	Status int
@@ -77,24 +67,24 @@ var errClientGone = errors.New("client went away")
 func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sink Sink) (Outcome, *Failure) {
 	start := time.Now()
 	st := s.model.Load()
-	var f callFields
-	if err := json.Unmarshal(call.Body, &f); err != nil {
-		return s.reject(st, p, badRequest("invalid_json", "request body is not valid JSON: %v", err))
+	model, stream, wantUsage, err := parseCall(call.Body)
+	if err != nil {
+		return s.reject(st, p, badRequest("invalid_json", "request body is not a valid JSON object: %v", err))
 	}
 	if !st.known && s.opts.Kube != nil {
 		return s.reject(st, p, errNotReady)
 	}
-	if f.Model == "" {
+	if len(model) == 0 {
 		return s.reject(st, p, badRequest("missing_model", "request body has no \"model\""))
 	}
-	if f.Model != st.name {
-		return s.reject(st, p, modelNotFound(f.Model))
+	if string(model) != st.name {
+		return s.reject(st, p, modelNotFound(string(model)))
 	}
 	if !p.HasScope(servingv1alpha1.ScopeInference) {
 		return s.reject(st, p, fromAuth(auth.ErrScopeMissing(servingv1alpha1.ScopeInference)))
 	}
-	if !p.AllowsModel(f.Model) {
-		return s.reject(st, p, fromAuth(auth.ErrModelNotAllowed(f.Model)))
+	if !p.AllowsModel(st.name) {
+		return s.reject(st, p, fromAuth(auth.ErrModelNotAllowed(st.name)))
 	}
 	adm, fail := s.limits.Admit(p)
 	if fail != nil {
@@ -102,14 +92,13 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	}
 	inFlight := s.metrics.InFlight.WithLabelValues(st.name)
 	inFlight.Inc()
-	wantUsage := f.StreamOptions != nil && f.StreamOptions.IncludeUsage
 	body := call.Body
-	if f.Stream && !wantUsage {
+	if stream && !wantUsage {
 		// Exact usage needs the engine's count for streams too: ask for it, and strip the
 		// extra chunk from what the client sees.
 		body = withIncludeUsage(body)
 	}
-	out, fail := s.forward(ctx, st, call.Route, body, f.Stream, wantUsage, sink, start)
+	out, fail := s.forward(ctx, st, call.Route, body, stream, wantUsage, sink, start)
 	inFlight.Dec()
 	adm.Done(out.Usage.PromptTokens + out.Usage.CompletionTokens)
 	s.settle(st, p, call.Route, out, fail, start)
@@ -169,30 +158,29 @@ func withIncludeUsage(body []byte) []byte {
 func (s *Server) forward(ctx context.Context, st *modelState, route string, body []byte, stream, wantUsage bool, sink Sink, start time.Time) (Outcome, *Failure) {
 	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.upstreamBase+route, bytes.NewReader(body))
-	if err != nil {
-		return Outcome{}, upstreamFailure(http.StatusBadGateway, "building engine request: %v", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
+	accept := "application/json"
 	if stream {
-		req.Header.Set("Accept", "text/event-stream")
+		accept = "text/event-stream"
 	}
-	resp, err := s.client.Do(req)
+	resp, err := s.up.post(ctx, route, body, accept)
 	if err != nil {
 		return Outcome{}, s.upstreamError(st, ctx, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
-	if stream && resp.StatusCode == http.StatusOK && isEventStream(resp.Header.Get("Content-Type")) {
+	if stream && resp.StatusCode == http.StatusOK && isEventStream(resp.ContentType) {
 		u, err := s.relayStream(st, resp.Body, wantUsage, sink, start)
 		if err != nil && !errors.Is(err, errClientGone) {
 			s.metrics.UpstreamErrors.WithLabelValues(st.name, "stream").Inc()
 		}
 		return Outcome{Status: http.StatusOK, Usage: u, streamEnded: err == nil}, nil
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
-	if err != nil {
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bodyPool.Put(buf)
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponseBytes+1)); err != nil {
 		return Outcome{}, s.upstreamError(st, ctx, err)
 	}
+	data := buf.Bytes()
 	if len(data) > maxResponseBytes {
 		return Outcome{}, upstreamFailure(http.StatusBadGateway, "engine answer is larger than %d bytes", maxResponseBytes)
 	}
@@ -202,7 +190,7 @@ func (s *Server) forward(ctx context.Context, st *modelState, route string, body
 	} else {
 		s.metrics.UpstreamErrors.WithLabelValues(st.name, "status").Inc()
 	}
-	_ = sink.Complete(resp.StatusCode, resp.Header.Get("Content-Type"), data)
+	_ = sink.Complete(resp.StatusCode, resp.ContentType, data)
 	return out, nil
 }
 
@@ -233,20 +221,6 @@ func isEventStream(contentType string) bool {
 	return len(contentType) >= 17 && contentType[:17] == "text/event-stream"
 }
 
-// usageOf reads "usage" from an engine answer; zero when absent.
-func usageOf(data []byte) Usage {
-	if !bytes.Contains(data, []byte(`"usage"`)) {
-		return Usage{}
-	}
-	var v struct {
-		Usage *Usage `json:"usage"`
-	}
-	if json.Unmarshal(data, &v) != nil || v.Usage == nil {
-		return Usage{}
-	}
-	return *v.Usage
-}
-
 var (
 	dataPrefix = []byte("data:")
 	doneMarker = []byte("[DONE]")
@@ -271,7 +245,7 @@ func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sin
 				return usage, nil
 			}
 			if bytes.Contains(payload, usageKey) {
-				if u, onlyUsage := streamUsage(payload); u != nil {
+				if u, onlyUsage := topLevelUsage(payload); u != nil {
 					usage = *u
 					if onlyUsage && !wantUsage {
 						continue
@@ -306,17 +280,4 @@ func ssePayload(line []byte) ([]byte, bool) {
 		p = p[1:]
 	}
 	return p, len(p) > 0
-}
-
-// streamUsage reads the usage of a chunk; onlyUsage is true for the extra chunk that
-// include_usage adds (no choices).
-func streamUsage(payload []byte) (u *Usage, onlyUsage bool) {
-	var v struct {
-		Usage   *Usage            `json:"usage"`
-		Choices []json.RawMessage `json:"choices"`
-	}
-	if json.Unmarshal(payload, &v) != nil {
-		return nil, false
-	}
-	return v.Usage, len(v.Choices) == 0
 }

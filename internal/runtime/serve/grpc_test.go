@@ -39,7 +39,7 @@ func (r *rig) grpc() *grpcFront {
 	}
 	// The health refresh and a call may race for an engine connection, leaving one that never
 	// carried a request, which the test engine's Shutdown only closes after 5 s: close it.
-	r.t.Cleanup(r.s.client.CloseIdleConnections)
+	r.t.Cleanup(r.s.up.closeIdle)
 	srv := r.s.grpcServeOn(ln)
 	served := make(chan error, 1)
 	go func() { served <- srv.serve() }()

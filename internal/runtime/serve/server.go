@@ -78,7 +78,8 @@ type UsageRecorder interface {
 type Server struct {
 	opts         Options
 	upstreamBase string
-	client       *http.Client
+	client       *http.Client // health checks
+	up           *upstream    // engine calls
 	auth         *auth.Authenticator
 	sources      *auth.Sources
 	model        *modelWatch
@@ -102,6 +103,10 @@ func New(opts Options) (*Server, error) {
 	if opts.Log.GetSink() == nil {
 		opts.Log = logr.Discard()
 	}
+	up, err := newUpstream(opts.Upstream)
+	if err != nil {
+		return nil, err
+	}
 	a, err := auth.NewAuthenticator(opts.Namespace, servingv1alpha1.AuthModeAPIKeyOrJWT, auth.WithClock(opts.Now))
 	if err != nil {
 		return nil, err
@@ -110,6 +115,7 @@ func New(opts Options) (*Server, error) {
 		opts:         opts,
 		upstreamBase: strings.TrimRight(opts.Upstream, "/"),
 		client:       &http.Client{Transport: engineTransport()},
+		up:           up,
 		auth:         a,
 		model:        newModelWatch(&modelState{name: opts.Model, mode: servingv1alpha1.AuthModeAPIKeyOrJWT}),
 		metrics:      NewMetrics(),

@@ -1,0 +1,230 @@
+package serve
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// The runtime reads three fields of each request (model, stream, stream_options) and one of
+// each answer (usage), and passes the bodies on untouched. Decoding whole bodies with
+// encoding/json for that was the largest cost of the runtime's own code in the benchmark
+// profile; this scanner walks the top level of an object without allocating. It checks the
+// structure it walks, not the whole grammar: the engine validates the rest.
+
+var errNotObject = errors.New("not a JSON object")
+
+// scanObject calls fn with each top-level member of the JSON object in data: the key as
+// written (without quotes) and the raw value. fn returning false stops the walk.
+func scanObject(data []byte, fn func(key, value []byte) bool) error {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return errNotObject
+	}
+	i = skipSpace(data, i+1)
+	if i < len(data) && data[i] == '}' {
+		return trailing(data, i+1)
+	}
+	for {
+		if i >= len(data) || data[i] != '"' {
+			return fmt.Errorf("expected a member name at offset %d", i)
+		}
+		end, err := skipString(data, i)
+		if err != nil {
+			return err
+		}
+		key := data[i+1 : end-1]
+		i = skipSpace(data, end)
+		if i >= len(data) || data[i] != ':' {
+			return fmt.Errorf("expected ':' at offset %d", i)
+		}
+		start := skipSpace(data, i+1)
+		if end, err = skipValue(data, start); err != nil {
+			return err
+		}
+		if !fn(key, data[start:end]) {
+			return nil
+		}
+		i = skipSpace(data, end)
+		switch {
+		case i < len(data) && data[i] == ',':
+			i = skipSpace(data, i+1)
+		case i < len(data) && data[i] == '}':
+			return trailing(data, i+1)
+		default:
+			return fmt.Errorf("expected ',' or '}' at offset %d", i)
+		}
+	}
+}
+
+func trailing(data []byte, i int) error {
+	if skipSpace(data, i) != len(data) {
+		return fmt.Errorf("unexpected data after the object at offset %d", i)
+	}
+	return nil
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\n' || data[i] == '\r' || data[i] == '\t') {
+		i++
+	}
+	return i
+}
+
+// skipString returns the offset after the string starting at data[i] == '"'.
+func skipString(data []byte, i int) (int, error) {
+	for j := i + 1; j < len(data); j++ {
+		switch data[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, nil
+		}
+	}
+	return 0, errors.New("unterminated string")
+}
+
+// skipValue returns the offset after the value starting at data[i].
+func skipValue(data []byte, i int) (int, error) {
+	if i >= len(data) {
+		return 0, errors.New("unexpected end of JSON")
+	}
+	switch data[i] {
+	case '"':
+		return skipString(data, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(data); j++ {
+			switch data[j] {
+			case '"':
+				end, err := skipString(data, j)
+				if err != nil {
+					return 0, err
+				}
+				j = end - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1, nil
+				}
+			}
+		}
+		return 0, errors.New("unterminated object or array")
+	}
+	j := i
+	for j < len(data) && !isDelimiter(data[j]) {
+		j++
+	}
+	if j == i {
+		return 0, fmt.Errorf("expected a value at offset %d", i)
+	}
+	return j, nil
+}
+
+func isDelimiter(c byte) bool {
+	switch c {
+	case ',', '}', ']', ' ', '\n', '\r', '\t':
+		return true
+	}
+	return false
+}
+
+// parseCall reads the fields the runtime needs from a request body.
+func parseCall(body []byte) (model []byte, stream, wantUsage bool, err error) {
+	var inner error
+	err = scanObject(body, func(k, v []byte) bool {
+		switch string(k) {
+		case "model":
+			model, inner = jsonStringBytes(v)
+		case "stream":
+			stream = string(v) == "true"
+		case "stream_options":
+			wantUsage = false
+			if v[0] == '{' {
+				inner = scanObject(v, func(k, v []byte) bool {
+					if string(k) == "include_usage" {
+						wantUsage = string(v) == "true"
+					}
+					return true
+				})
+			}
+		}
+		return inner == nil
+	})
+	if err == nil {
+		err = inner
+	}
+	return model, stream, wantUsage, err
+}
+
+// jsonStringBytes returns the content of a JSON string value; escapes are decoded (rare in
+// model names, so only then is there an allocation).
+func jsonStringBytes(v []byte) ([]byte, error) {
+	if len(v) < 2 || v[0] != '"' {
+		return nil, errors.New(`"model" must be a string`)
+	}
+	if bytes.IndexByte(v, '\\') < 0 {
+		return v[1 : len(v)-1], nil
+	}
+	var s string
+	if err := json.Unmarshal(v, &s); err != nil {
+		return nil, err
+	}
+	return []byte(s), nil
+}
+
+// usageOf reads the top-level "usage" of an engine answer; zero when absent or malformed.
+func usageOf(data []byte) Usage {
+	u, _ := topLevelUsage(data)
+	if u == nil {
+		return Usage{}
+	}
+	return *u
+}
+
+// topLevelUsage returns the "usage" member of a chunk or answer (nil when absent or null)
+// and whether its "choices" is an empty array (the extra chunk include_usage adds).
+func topLevelUsage(data []byte) (u *Usage, noChoices bool) {
+	var raw []byte
+	noChoices = true
+	_ = scanObject(data, func(k, v []byte) bool {
+		switch string(k) {
+		case "usage":
+			raw = v
+		case "choices":
+			noChoices = len(bytes.TrimSpace(v[1:len(v)-1])) == 0
+		}
+		return true
+	})
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, noChoices
+	}
+	var out Usage
+	_ = scanObject(raw, func(k, v []byte) bool {
+		switch string(k) {
+		case "prompt_tokens":
+			out.PromptTokens = jsonInt(v)
+		case "completion_tokens":
+			out.CompletionTokens = jsonInt(v)
+		case "total_tokens":
+			out.TotalTokens = jsonInt(v)
+		}
+		return true
+	})
+	return &out, noChoices
+}
+
+// jsonInt reads a non-negative JSON integer; anything else counts as 0.
+func jsonInt(v []byte) int64 {
+	var n int64
+	for _, c := range v {
+		if c < '0' || c > '9' || n > (1<<62)/10 {
+			return 0
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}

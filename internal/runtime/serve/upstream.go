@@ -1,0 +1,192 @@
+package serve
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// upstream is the runtime's HTTP/1.1 client to its engine. The engine is one address on
+// localhost, so the general machinery of http.Transport (two goroutines per connection and a
+// channel hand-off for every request and response) is most of the cost of a proxied call;
+// here the request's own goroutine writes the request and reads the answer on a pooled
+// keep-alive connection.
+type upstream struct {
+	host    string // host:port to dial
+	dialer  net.Dialer
+	maxIdle int
+
+	mu   sync.Mutex
+	idle []*upConn
+}
+
+type upConn struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+}
+
+func newUpstream(base string) (*upstream, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, fmt.Errorf("--upstream %q: %w", base, err)
+	}
+	if u.Scheme != "http" || u.Host == "" {
+		return nil, fmt.Errorf("--upstream %q: want http://host:port (the engine on localhost)", base)
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = net.JoinHostPort(u.Hostname(), "80")
+	}
+	return &upstream{host: host, dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, maxIdle: 1024}, nil
+}
+
+// upResponse is the engine's answer; Body must be closed, which returns the connection to
+// the pool when the body was read to its end.
+type upResponse struct {
+	StatusCode  int
+	ContentType string
+	Body        io.ReadCloser
+}
+
+// post sends body to path and returns the engine's answer. ctx bounds the whole exchange,
+// body included: its end (client gone, timeout) unblocks any read or write at once.
+func (u *upstream) post(ctx context.Context, path string, body []byte, accept string) (*upResponse, error) {
+	for attempt := 0; ; attempt++ {
+		c, reused, err := u.get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := u.roundTrip(ctx, c, path, body, accept)
+		if err == nil {
+			return resp, nil
+		}
+		_ = c.conn.Close()
+		// A kept-alive connection the engine closed while idle fails before any answer:
+		// nothing was processed, so one retry on a new connection is safe.
+		if !reused || attempt > 0 || ctx.Err() != nil || !errors.Is(err, errNoAnswer) {
+			return nil, err
+		}
+	}
+}
+
+// errNoAnswer marks a failure before the first byte of the engine's answer.
+var errNoAnswer = errors.New("connection closed before an answer")
+
+func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body []byte, accept string) (*upResponse, error) {
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+	bw := c.bw
+	_, _ = bw.WriteString("POST ")
+	_, _ = bw.WriteString(path)
+	_, _ = bw.WriteString(" HTTP/1.1\r\nHost: ")
+	_, _ = bw.WriteString(u.host)
+	_, _ = bw.WriteString("\r\nContent-Type: application/json\r\nAccept: ")
+	_, _ = bw.WriteString(accept)
+	_, _ = bw.WriteString("\r\nContent-Length: ")
+	_, _ = bw.WriteString(strconv.Itoa(len(body)))
+	_, _ = bw.WriteString("\r\n\r\n")
+	_, _ = bw.Write(body)
+	if err := bw.Flush(); err != nil {
+		stop()
+		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+	}
+	if _, err := c.br.Peek(1); err != nil {
+		stop()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("reading the engine's answer: %w", err)
+	}
+	return &upResponse{
+		StatusCode:  resp.StatusCode,
+		ContentType: resp.Header.Get("Content-Type"),
+		Body:        &upBody{u: u, c: c, body: resp.Body, stop: stop, keep: !resp.Close},
+	}, nil
+}
+
+// get returns an idle connection (newest first: it is the least likely to have been closed
+// by the engine's idle timeout) or dials one.
+func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
+	u.mu.Lock()
+	if n := len(u.idle); n > 0 {
+		c := u.idle[n-1]
+		u.idle = u.idle[:n-1]
+		u.mu.Unlock()
+		return c, true, nil
+	}
+	u.mu.Unlock()
+	conn, err := u.dialer.DialContext(ctx, "tcp", u.host)
+	if err != nil {
+		return nil, false, err
+	}
+	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 16<<10)}, false, nil
+}
+
+func (u *upstream) put(c *upConn) {
+	u.mu.Lock()
+	if len(u.idle) < u.maxIdle {
+		u.idle = append(u.idle, c)
+		c = nil
+	}
+	u.mu.Unlock()
+	if c != nil {
+		_ = c.conn.Close()
+	}
+}
+
+// closeIdle closes the pooled connections (shutdown, tests).
+func (u *upstream) closeIdle() {
+	u.mu.Lock()
+	idle := u.idle
+	u.idle = nil
+	u.mu.Unlock()
+	for _, c := range idle {
+		_ = c.conn.Close()
+	}
+}
+
+// upBody returns its connection to the pool once read to the end, and closes it otherwise
+// (an unread rest would be read as the next answer).
+type upBody struct {
+	u      *upstream
+	c      *upConn
+	body   io.ReadCloser
+	stop   func() bool
+	keep   bool
+	eof    bool
+	closed bool
+}
+
+func (b *upBody) Read(p []byte) (int, error) {
+	n, err := b.body.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *upBody) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	// stop is false when the context already fired and poisoned the connection's deadline.
+	if b.stop() && b.eof && b.keep {
+		b.u.put(b.c)
+		return nil
+	}
+	return b.c.conn.Close()
+}
