@@ -121,6 +121,11 @@ func (r *ApiKeyReconciler) readBroughtKey(ctx context.Context, ak *servingv1alph
 		return keyState{reason: servingv1alpha1.ApiKeyReasonSecretKeyMissing,
 			message: fmt.Sprintf("Secret %s has no non-empty data key %q (spec.existingSecretRef.key)", ref.Name, ref.Key)}, nil
 	}
+	if len(key) > auth.MaxKeyLength {
+		// Runtimes do not hash longer credentials; such a key could never authenticate.
+		return keyState{reason: servingv1alpha1.ApiKeyReasonKeyTooLong,
+			message: fmt.Sprintf("the key in Secret %s is %d bytes; keys may be at most %d", ref.Name, len(key), auth.MaxKeyLength)}, nil
+	}
 	ks := keyState{keyID: auth.DisplayKeyID(key), keyHash: auth.HashKey(key).String()}
 	switch ak.Status.KeyHash {
 	case "":
@@ -160,7 +165,7 @@ func (r *ApiKeyReconciler) ensureGeneratedKey(ctx context.Context, ak *servingv1
 			"Secret %s was changed outside HelixFlow; its content is ignored and key %s stays in force. Annotate the ApiKey %s=<new value> to get a new key",
 			name, ak.Status.KeyID, servingv1alpha1.AnnotationRotate)
 		if ak.Status.KeyHash == "" {
-			return keyState{reason: "SecretModified", message: fmt.Sprintf("Secret %s was changed outside HelixFlow; request a rotation to get a new key", name)}, nil
+			return keyState{reason: servingv1alpha1.ApiKeyReasonSecretModified, message: fmt.Sprintf("Secret %s was changed outside HelixFlow; request a rotation to get a new key", name)}, nil
 		}
 		return keyState{keyID: ak.Status.KeyID, keyHash: ak.Status.KeyHash}, nil
 	}
@@ -180,7 +185,7 @@ func (r *ApiKeyReconciler) ensureGeneratedKey(ctx context.Context, ak *servingv1
 }
 
 func conflictState(name string) keyState {
-	return keyState{reason: "SecretConflict", message: fmt.Sprintf("Secret %s exists and is not owned by this ApiKey; set spec.secretName to another name", name)}
+	return keyState{reason: servingv1alpha1.ApiKeyReasonSecretConflict, message: fmt.Sprintf("Secret %s exists and is not owned by this ApiKey; set spec.secretName to another name", name)}
 }
 
 // createKeySecret generates a key into a new Secret. A Secret that is missing while the

@@ -191,6 +191,14 @@ func TestApiKeyBroughtOwnKey(t *testing.T) {
 		ak.Spec.ExistingSecretRef = &servingv1alpha1.SecretKeyReference{Name: "mine", Key: "other"}
 	})
 	waitApiKey(t, ns, "wrongkey", readyIs(metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonSecretKeyMissing))
+	long := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "long"}, Data: map[string][]byte{"token": []byte(strings.Repeat("k", auth.MaxKeyLength+1))}}
+	if err := env.Client.Create(ctx, long); err != nil {
+		t.Fatal(err)
+	}
+	createApiKey(t, ns, "long", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.ExistingSecretRef = &servingv1alpha1.SecretKeyReference{Name: "long", Key: "token"}
+	})
+	waitApiKey(t, ns, "long", readyIs(metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonKeyTooLong))
 }
 
 func TestApiKeySuspendAndExpiry(t *testing.T) {
@@ -351,7 +359,7 @@ func TestApiKeySecretNameTaken(t *testing.T) {
 		t.Fatal(err)
 	}
 	createApiKey(t, ns, "taken", nil)
-	waitApiKey(t, ns, "taken", readyIs(metav1.ConditionFalse, "SecretConflict"))
+	waitApiKey(t, ns, "taken", readyIs(metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonSecretConflict))
 	if err := get(foreign, ns, "taken-apikey"); err != nil {
 		t.Fatal(err)
 	}

@@ -45,6 +45,12 @@ const (
 	ApiKeyReasonSecretKeyMissing = "SecretKeyMissing"
 	ApiKeyReasonNotExpired       = "NotExpired"
 	ApiKeyReasonNotSuspended     = "NotSuspended"
+	// ApiKeyReasonSecretConflict: the Secret to generate into exists and belongs to someone else.
+	ApiKeyReasonSecretConflict = "SecretConflict"
+	// ApiKeyReasonSecretModified: the generated Secret was edited before any key was recorded.
+	ApiKeyReasonSecretModified = "SecretModified"
+	// ApiKeyReasonKeyTooLong: a brought-your-own key is longer than runtimes accept (128 bytes).
+	ApiKeyReasonKeyTooLong = "KeyTooLong"
 )
 
 // ApiKeySpec is a client credential and the policy attached to it.
