@@ -26,7 +26,7 @@ func apiKeyTestConfig(grace time.Duration) Config {
 	return c
 }
 
-func createApiKey(t *testing.T, ns, name string, mutate func(*servingv1alpha1.ApiKey)) *servingv1alpha1.ApiKey {
+func createApiKey(t *testing.T, ns, name string, mutate func(*servingv1alpha1.ApiKey)) {
 	t.Helper()
 	ak := &servingv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
 	if mutate != nil {
@@ -35,7 +35,6 @@ func createApiKey(t *testing.T, ns, name string, mutate func(*servingv1alpha1.Ap
 	if err := env.Client.Create(context.Background(), ak); err != nil {
 		t.Fatal(err)
 	}
-	return ak
 }
 
 // waitApiKey polls the ApiKey until check passes and returns it.

@@ -130,7 +130,7 @@ func TestJWKSPublishedWhereModelsAreAndFollowsRotation(t *testing.T) {
 	}
 	eventually(t, "JWKS removed with the last model", func() error {
 		if err := get(&corev1.ConfigMap{}, withModel, auth.JWKSConfigMapName); !apierrors.IsNotFound(err) {
-			return fmt.Errorf("ConfigMap still there: %v", err)
+			return fmt.Errorf("ConfigMap still there: %w", err)
 		}
 		return nil
 	})
