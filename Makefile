@@ -81,8 +81,8 @@ bench: ## Reconcile benchmark against a real API server (prints figures; BENCH_M
 	@dir=$$(hack/testbin/build.sh); KUBEBUILDER_ASSETS="$$dir" $(GO) run ./test/bench/reconcile -models $(BENCH_MODELS)
 
 .PHONY: bench-dataplane
-bench-dataplane: ## Data-plane benchmark: direct vs runtime serve vs nginx (prints figures).
-	$(GO) run ./test/bench/dataplane $(BENCH_DATAPLANE_FLAGS)
+bench-dataplane: ## Data-plane benchmark: direct vs runtime serve vs nginx, each its own process; runtime against envtest (prints figures).
+	@dir=$$(hack/testbin/build.sh); KUBEBUILDER_ASSETS="$$dir" $(GO) run ./test/bench/dataplane $(BENCH_DATAPLANE_FLAGS)
 
 .PHONY: verify
 verify: generate manifests proto ## Regenerate, then fail on any diff; gofmt, go vet, golangci-lint, tidy.

@@ -12,6 +12,12 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/helixflow/helixflow/test/clients"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // config is one benchmark run.
@@ -71,8 +77,21 @@ func (p *pathResult) p99() time.Duration {
 	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.P99) }))
 }
 
+// CPU per request: all the path's processes, and each alone.
 func (p *pathResult) cpuPerRequest() time.Duration {
 	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.CPUPerRequest()) }))
+}
+
+func (p *pathResult) harnessCPU() time.Duration {
+	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.perRequest(r.HarnessCPU)) }))
+}
+
+func (p *pathResult) engineCPU() time.Duration {
+	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.perRequest(r.EngineCPU)) }))
+}
+
+func (p *pathResult) proxyCPU() time.Duration {
+	return time.Duration(median(p.Rounds, func(r loadResult) float64 { return float64(r.perRequest(r.ProxyCPU)) }))
 }
 
 func (p *pathResult) errors() int64 {
@@ -125,7 +144,9 @@ type report struct {
 	// LoadBefore and LoadAfter are the system's load averages around the run ("" unknown):
 	// other work on the machine competes with the paths for the same CPUs.
 	LoadBefore, LoadAfter string
-	Paths                 []*pathResult
+	// Processes describe the processes measured: the harness and each child.
+	Processes []string
+	Paths     []*pathResult
 }
 
 // loadAverage is /proc/loadavg's 1, 5 and 15 minute averages, or "" where there is none.
@@ -150,7 +171,10 @@ func (r *report) path(name string) *pathResult {
 	return nil
 }
 
-// runBench sets up the engine and the three paths, then measures them interleaved.
+// runBench builds the engine and the runtime, starts an API server (envtest) and every
+// component as its own process (engine, runtime serve, nginx), then measures the paths
+// interleaved. Every child is stopped, by PID, before it returns, also when ctx ends
+// (SIGINT, SIGTERM).
 func runBench(ctx context.Context, cfg config) (*report, error) {
 	if cfg.Clients < 1 || cfg.Rounds < 1 || cfg.Duration <= 0 || cfg.Warmup < 0 {
 		return nil, errors.New("need -clients >= 1, -rounds >= 1, -duration > 0 and -warmup >= 0")
@@ -160,15 +184,56 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 			fmt.Fprintf(cfg.Log, "bench-dataplane: "+format+"\n", args...)
 		}
 	}
+	// stopping runs a child's stop and logs how it went.
+	stopping := func(what string, stop func() error) {
+		if err := stop(); err != nil {
+			logf("stopping %s: %v", what, err)
+		}
+	}
 	rep := &report{Config: cfg, Machine: machine(), LoadBefore: loadAverage()}
 	defer func() { rep.LoadAfter = loadAverage() }()
 
-	eng, err := startEngine()
+	root := clients.RepoRoot()
+	if root == "" {
+		return nil, errors.New("the repository root was not found (run from inside the repository)")
+	}
+	tmp, err := os.MkdirTemp("", "helixflow-bench-dataplane-")
 	if err != nil {
 		return nil, err
 	}
-	defer eng.close()
-	logf("test engine on %s", eng.url)
+	defer os.RemoveAll(tmp)
+
+	// One after the other: on a small machine a build beside kube-apiserver's start can
+	// delay it past envtest's start timeout.
+	logf("building %s and %s", engineBinary, runtimeBinary)
+	engineBin, runtimeBin, err := buildBinaries(ctx, root, tmp)
+	if err != nil {
+		return nil, err
+	}
+	logf("starting the API server (envtest)")
+	// envtest logs through controller-runtime's logger; its error, returned, says enough.
+	ctrllog.SetLogger(logr.Discard())
+	env, err := testenv.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting the API server: %w", err)
+	}
+	defer stopping("the API server (envtest)", env.Stop)
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	kubeconfig, err := env.Kubeconfig(tmp)
+	if err != nil {
+		return nil, err
+	}
+
+	eng, err := startEngine(ctx, engineBin)
+	if err != nil {
+		return nil, fmt.Errorf("starting the test engine: %w", err)
+	}
+	defer stopping("the test engine", eng.close)
+	logf("test engine on %s (pid %d)", eng.url, eng.proc.pid())
+	rep.Processes = append(rep.Processes, fmt.Sprintf("harness (load generator) pid %d, GOMAXPROCS %d", os.Getpid(), runtime.GOMAXPROCS(0)),
+		fmt.Sprintf("test engine pid %d (%s, built from ./test/testengine/cmd/%s)", eng.proc.pid(), engineBinary, engineBinary))
 
 	direct := &pathResult{Name: pathDirect}
 	rt := &pathResult{Name: pathRuntime}
@@ -176,19 +241,28 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 	rep.Paths = []*pathResult{direct, rt, ngx}
 	targets := map[*pathResult]target{}
 
-	targets[direct] = target{url: eng.url}
+	targets[direct] = target{url: eng.url, enginePID: eng.proc.pid()}
 
-	rs, err := startRuntime(ctx, eng.url)
+	key, keyID, limitedKey, err := benchObjects(ctx, env.Client)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := startRuntime(ctx, runtimeBin, eng.url, kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("starting runtime serve: %w", err)
 	}
-	defer func() {
-		if err := rs.close(); err != nil {
-			logf("stopping runtime serve: %v", err)
+	defer stopping("runtime serve", rs.close)
+	rs.key, rs.keyID, rs.limitedKey = key, keyID, limitedKey
+	logf("runtime serve on %s (pid %d, metrics on %s)", rs.url, rs.proc.pid(), rs.metricsURL)
+	gomaxprocs := "GOMAXPROCS unknown"
+	if m, err := scrape(ctx, rs.metricsURL); err == nil {
+		if v := m.sum("go_sched_gomaxprocs_threads"); v > 0 {
+			gomaxprocs = fmt.Sprintf("GOMAXPROCS %.0f", v)
 		}
-	}()
-	logf("runtime serve on %s (metrics on %s)", rs.url, rs.metricsURL)
-	targets[rt] = target{url: rs.url, authorization: "Bearer " + rs.key}
+	}
+	rep.Processes = append(rep.Processes, fmt.Sprintf("runtime serve pid %d, %s (%s serve, built from ./cmd/runtime, "+
+		"against a kube-apiserver: envtest)", rs.proc.pid(), gomaxprocs, runtimeBinary))
+	targets[rt] = target{url: rs.url, authorization: "Bearer " + rs.key, enginePID: eng.proc.pid(), proxyPID: rs.proc.pid()}
 	notes, err := rs.checkEnforcement(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("runtime serve: %w", err)
@@ -209,9 +283,10 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 			logf("skipping the nginx path: %s", ngx.Skipped)
 			break
 		}
-		defer nx.close()
-		logf("nginx %s on %s (worker_processes %s)", nx.version, nx.url, cfg.NginxWorkers)
-		targets[ngx] = target{url: nx.url, proxyPID: nx.cmd.Process.Pid}
+		defer stopping("nginx", nx.close)
+		logf("nginx %s on %s (master pid %d, %d worker(s))", nx.version, nx.url, nx.proc.pid(), nx.workers)
+		rep.Processes = append(rep.Processes, fmt.Sprintf("nginx master pid %d + %d worker(s) (worker_processes %s)", nx.proc.pid(), nx.workers, cfg.NginxWorkers))
+		targets[ngx] = target{url: nx.url, enginePID: eng.proc.pid(), proxyPID: nx.proc.pid()}
 		ngx.Notes = append(ngx.Notes, "nginx "+nx.version+", worker_processes "+cfg.NginxWorkers)
 	}
 
@@ -240,6 +315,9 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 				return nil, err
 			}
 			res := runLoad(ctx, targets[p], cfg.Clients, cfg.Warmup, cfg.Duration)
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
 			logf("round %d/%d %-13s %8.0f req/s  p50 %s  p99 %s  errors %d", round+1, cfg.Rounds, p.Name, res.RPS, fmtMS(res.P50), fmtMS(res.P99), res.Errors)
 			p.Rounds = append(p.Rounds, res)
 		}
@@ -260,7 +338,7 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 }
 
 func machine() string {
-	s := fmt.Sprintf("%s/%s, %d CPUs (runtime.NumCPU), GOMAXPROCS %d, %s", runtime.GOOS, runtime.GOARCH,
+	s := fmt.Sprintf("%s/%s, %d CPUs (runtime.NumCPU), GOMAXPROCS %d in the harness, %s", runtime.GOOS, runtime.GOARCH,
 		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
 	if out, err := exec.Command("uname", "-r").Output(); err == nil {
 		s += ", kernel " + strings.TrimSpace(string(out))
@@ -291,25 +369,49 @@ func (r *report) Print(w io.Writer) {
 	fmt.Fprintf(w, "load: %d clients over keep-alive connections, %s measured after %s warm-up, per path and round; %d rounds interleaved; medians over rounds\n\n",
 		c.Clients, c.Duration, c.Warmup, c.Rounds)
 
+	if len(r.Processes) > 0 {
+		fmt.Fprintln(w, "processes (each its own Go runtime or nginx processes, as in production):")
+		for _, p := range r.Processes {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+		fmt.Fprintln(w)
+	}
+
 	direct := r.path(pathDirect)
-	fmt.Fprintf(w, "%-14s %9s %10s %10s %10s %7s %11s %11s %10s\n", "path", "RPS", "p50", "p99", "requests", "errors", "RPS/direct", "added p50", "CPU/req")
+	fmt.Fprintf(w, "%-14s %9s %10s %10s %10s %7s %11s %11s %10s %10s\n", "path", "RPS", "p50", "p99", "requests", "errors", "RPS/direct", "added p50", "CPU/req", "proxy CPU")
 	for _, p := range r.Paths {
 		if !p.measured() {
 			fmt.Fprintf(w, "%-14s %s\n", p.Name, "not measured: "+p.Skipped)
 			continue
 		}
-		ratio, added := "-", "-"
+		ratio, added, proxy := "-", "-", "-"
 		if p != direct && direct.measured() {
 			ratio = fmt.Sprintf("%.2f", p.rps()/direct.rps())
 			added = fmt.Sprintf("%+.3f ms", float64(p.p50()-direct.p50())/float64(time.Millisecond))
 		}
-		fmt.Fprintf(w, "%-14s %9.0f %10s %10s %10d %7d %11s %11s %10s\n", p.Name, p.rps(), fmtMS(p.p50()), fmtMS(p.p99()),
-			p.requests(), p.errors(), ratio, added, fmtCPU(p.cpuPerRequest()))
+		if p != direct {
+			proxy = fmtCPU(p.proxyCPU())
+		}
+		fmt.Fprintf(w, "%-14s %9.0f %10s %10s %10d %7d %11s %11s %10s %10s\n", p.Name, p.rps(), fmtMS(p.p50()), fmtMS(p.p99()),
+			p.requests(), p.errors(), ratio, added, fmtCPU(p.cpuPerRequest()), proxy)
 	}
-	fmt.Fprintln(w, "(RPS, p50, p99, CPU/req: medians over rounds; requests, errors: all rounds; CPU/req: CPU time of this process"+
-		" (load generator + engine + embedded runtime) plus nginx's processes, per request)")
+	fmt.Fprintln(w, "(RPS, p50, p99, CPU: medians over rounds; requests, errors: all rounds. CPU/req: CPU time per request of every"+
+		" process on the path: the harness (load generator only, getrusage) + the engine process + the proxy process (/proc, 10 ms ticks);"+
+		" proxy CPU: runtime serve's process, or nginx's master + workers, alone)")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "per round (RPS / p50 / p99 / CPU per request, this process + nginx):")
+	fmt.Fprintln(w, "CPU per request by process (medians over rounds):")
+	for _, p := range r.Paths {
+		if !p.measured() {
+			continue
+		}
+		line := fmt.Sprintf("load generator %s + engine %s", fmtCPU(p.harnessCPU()), fmtCPU(p.engineCPU()))
+		if p != direct {
+			line += fmt.Sprintf(" + %s %s", p.Name, fmtCPU(p.proxyCPU()))
+		}
+		fmt.Fprintf(w, "  %-13s %s\n", p.Name, line)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "per round (RPS / p50 / p99 / CPU per request: load generator + engine [+ proxy]):")
 	for _, p := range r.Paths {
 		if !p.measured() {
 			continue
@@ -318,10 +420,9 @@ func (r *report) Print(w io.Writer) {
 		for _, rr := range p.Rounds {
 			cpu := "CPU unknown"
 			if rr.CPUErr == nil && rr.Requests > 0 {
-				n := time.Duration(rr.Requests)
-				cpu = fmtCPU(rr.SelfCPU / n)
-				if rr.ProxyCPU > 0 {
-					cpu += " + nginx " + fmtCPU(rr.ProxyCPU/n)
+				cpu = fmtCPU(rr.perRequest(rr.HarnessCPU)) + " + " + fmtCPU(rr.perRequest(rr.EngineCPU))
+				if p != direct {
+					cpu += " + " + fmtCPU(rr.perRequest(rr.ProxyCPU))
 				}
 			}
 			parts = append(parts, fmt.Sprintf("%.0f / %s / %s / %s", rr.RPS, fmtMS(rr.P50), fmtMS(rr.P99), cpu))

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -10,10 +11,15 @@ import (
 
 // TestHarness runs the harness's core briefly (about 1 s per path, 2 clients, one round) and
 // checks only that it works: every path measured, no errors, the runtime's accounting
-// consistent. No timing is asserted: that is what the figures are for.
+// consistent, every child process gone afterwards. No timing is asserted: that is what the
+// figures are for. It builds the engine and the runtime and starts an API server (envtest).
 func TestHarness(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs load for a few seconds")
+		t.Skip("-short: builds the engine and the runtime, starts an API server and runs load for a few seconds")
+	}
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("KUBEBUILDER_ASSETS is not set: runtime serve needs an API server (envtest); " +
+			"run `make test`, or KUBEBUILDER_ASSETS=$(hack/testbin/build.sh) go test ./test/bench/dataplane")
 	}
 	cfg := config{Clients: 2, Duration: time.Second, Warmup: 200 * time.Millisecond, Rounds: 1, NginxWorkers: "1", Nginx: true}
 	// The test does not run apt-get: without an installed nginx, that path is left out.
@@ -23,7 +29,7 @@ func TestHarness(t *testing.T) {
 	}
 	var log bytes.Buffer
 	cfg.Log = &log
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	rep, err := runBench(ctx, cfg)
 	if err != nil {
@@ -59,6 +65,47 @@ func TestHarness(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "runtime RPS >= nginx RPS") {
 		t.Errorf("report has no target lines:\n%s", out.String())
+	}
+	// Every component was its own process, with its CPU measured, and is stopped by now.
+	for _, name := range want {
+		p := rep.path(name)
+		for i, r := range p.Rounds {
+			if r.CPUErr != nil {
+				t.Errorf("%s round %d: CPU unknown: %v", name, i+1, r.CPUErr)
+			}
+		}
+	}
+	if got := childPIDs(os.Getpid()); len(got) != 0 {
+		t.Errorf("child processes left after the run: %v", got)
+	}
+}
+
+func TestMetricLinesSum(t *testing.T) {
+	m := metricLines{
+		`helixflow_runtime_requests_total{code="200",key_id="a",model="m",route="chat"} 7`,
+		`helixflow_runtime_requests_total{code="200",key_id="a",model="m",route="models"} 1`,
+		`helixflow_runtime_requests_total{code="429",key_id="a",model="m",route="chat"} 2`,
+		`helixflow_runtime_requests_total{code="200",key_id="b",model="m",route="chat"} 5`,
+		`helixflow_runtime_requests_total_other{code="200",key_id="a"} 100`,
+		`go_sched_gomaxprocs_threads 4`,
+	}
+	if got := m.sum("helixflow_runtime_requests_total", `code="200"`, `key_id="a"`); got != 8 {
+		t.Errorf("sum = %v, want 8", got)
+	}
+	if got := m.sum("go_sched_gomaxprocs_threads"); got != 4 {
+		t.Errorf("unlabelled = %v, want 4", got)
+	}
+}
+
+func TestTailBuffer(t *testing.T) {
+	b := &tailBuffer{max: 8}
+	for _, s := range []string{"abc", "defgh", "ijk"} {
+		if _, err := b.Write([]byte(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.String(); got != "defghijk" {
+		t.Errorf("tail = %q, want %q", got, "defghijk")
 	}
 }
 

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"net"
 	"net/http"
-	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -18,27 +18,33 @@ import (
 	"github.com/helixflow/helixflow/test/testengine"
 )
 
-// target is where the load goes: a base URL and, for the runtime, the Authorization header.
+// target is where the load goes: a base URL and, for the runtime, the Authorization header;
+// and the processes that serve it, whose CPU time is measured beside the harness's own.
 type target struct {
 	url           string
 	authorization string
-	// proxyPID is a proxy process outside this one (nginx's master), whose CPU time, with
-	// its workers', is added to this process's.
+	// enginePID is the test engine's process.
+	enginePID int
+	// proxyPID is the proxy's process (runtime serve; nginx's master, counted with its
+	// workers); 0 on the direct path.
 	proxyPID int
 }
 
-// cpuSnapshot is the CPU time used so far by this process and by the target's proxy process.
+// cpuSnapshot is the CPU time used so far by the harness, the engine and the proxy.
 type cpuSnapshot struct {
-	self, proxy time.Duration
-	err         error
+	harness, engine, proxy time.Duration
+	err                    error
 }
 
 func (t target) cpu() cpuSnapshot {
 	var s cpuSnapshot
-	s.self, s.err = selfCPU()
-	if s.err == nil && t.proxyPID != 0 {
-		s.proxy, s.err = treeCPU(t.proxyPID)
+	var errs [3]error
+	s.harness, errs[0] = selfCPU()
+	s.engine, errs[1] = treeCPU(t.enginePID)
+	if t.proxyPID != 0 {
+		s.proxy, errs[2] = treeCPU(t.proxyPID)
 	}
+	s.err = errors.Join(errs[:]...)
 	return s
 }
 
@@ -68,19 +74,25 @@ type loadResult struct {
 	ErrorSamples map[string]int64
 	// Sent counts every successful request, warm-up included.
 	Sent int64
-	// SelfCPU and ProxyCPU are the CPU time used in the measured window by this process
-	// (load generator, engine and, on its path, the runtime) and by the proxy process
-	// (nginx's master and workers); CPUErr says why they are unknown.
-	SelfCPU, ProxyCPU time.Duration
-	CPUErr            error
+	// HarnessCPU, EngineCPU and ProxyCPU are the CPU time used in the measured window by
+	// the harness process (the load generator), the engine process and the proxy process
+	// (runtime serve; nginx's master and workers; none on the direct path); CPUErr says why
+	// they are unknown.
+	HarnessCPU, EngineCPU, ProxyCPU time.Duration
+	CPUErr                          error
 }
 
-// CPUPerRequest is the CPU time, all processes together, per request of the window.
-func (r loadResult) CPUPerRequest() time.Duration {
+// perRequest is d per request of the window, or 0 when unknown.
+func (r loadResult) perRequest(d time.Duration) time.Duration {
 	if r.CPUErr != nil || r.Requests == 0 {
 		return 0
 	}
-	return (r.SelfCPU + r.ProxyCPU) / time.Duration(r.Requests)
+	return d / time.Duration(r.Requests)
+}
+
+// CPUPerRequest is the CPU time, all processes of the path together, per request.
+func (r loadResult) CPUPerRequest() time.Duration {
+	return r.perRequest(r.HarnessCPU + r.EngineCPU + r.ProxyCPU)
 }
 
 func newTransport(conns int) *http.Transport {
@@ -210,7 +222,7 @@ func runLoad(ctx context.Context, t target, clients int, warmup, duration time.D
 		st := &clientStats{latencies: make([]time.Duration, 0, 1<<14)}
 		stats[i] = st
 		wg.Add(1)
-		go pprof.Do(ctx, pprof.Labels("role", "loadgen"), func(ctx context.Context) {
+		go func() {
 			defer wg.Done()
 			header := requestHeader(t)
 			var buf bytes.Buffer
@@ -235,7 +247,7 @@ func runLoad(ctx context.Context, t target, clients int, warmup, duration time.D
 				}
 				st.latencies = append(st.latencies, t1.Sub(t0))
 			}
-		})
+		}()
 	}
 	wg.Wait()
 	cpuTo := t.cpu()
@@ -245,7 +257,9 @@ func runLoad(ctx context.Context, t target, clients int, warmup, duration time.D
 	if res.CPUErr = cpuFrom.err; res.CPUErr == nil {
 		res.CPUErr = cpuTo.err
 	}
-	res.SelfCPU, res.ProxyCPU = cpuTo.self-cpuFrom.self, cpuTo.proxy-cpuFrom.proxy
+	res.HarnessCPU = cpuTo.harness - cpuFrom.harness
+	res.EngineCPU = cpuTo.engine - cpuFrom.engine
+	res.ProxyCPU = cpuTo.proxy - cpuFrom.proxy
 	var all []time.Duration
 	last := end
 	for _, st := range stats {

@@ -10,8 +10,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/helixflow/helixflow/test/clients"
@@ -56,23 +54,14 @@ func installedNginx() (string, bool) {
 	return "", false
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
-}
-
-// nginxProxy is nginx running as a plain reverse proxy in front of the engine.
+// nginxProxy is nginx running as a plain reverse proxy in front of the engine, its own
+// processes (master and workers).
 type nginxProxy struct {
-	cmd     *exec.Cmd
+	proc    *proc
 	dir     string
 	url     string
 	version string
-	waited  chan struct{}
-	waitErr error
-	out     *syncBuffer
+	workers int
 }
 
 // nginxConf is a plain reverse proxy, tuned the way one would for an upstream on loopback:
@@ -160,52 +149,38 @@ func startNginx(ctx context.Context, engineURL, workers string, logf func(string
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	out := &syncBuffer{}
 	cmd := exec.Command(bin, "-p", dir, "-c", filepath.Join(dir, "nginx.conf"), "-g", "daemon off;")
-	cmd.Stdout, cmd.Stderr = out, out
-	setParentDeathSignal(cmd)
-	if err := cmd.Start(); err != nil {
+	p, err := startProc("nginx", cmd)
+	if err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("starting %s: %w", bin, err)
-	}
-	n := &nginxProxy{cmd: cmd, dir: dir, url: "http://" + listen, version: version, waited: make(chan struct{}), out: out}
-	go func() { n.waitErr = cmd.Wait(); close(n.waited) }()
-	if err := n.waitReady(ctx); err != nil {
-		n.close()
 		return nil, err
 	}
+	n := &nginxProxy{proc: p, dir: dir, url: "http://" + listen, version: version}
+	if err := n.waitReady(ctx); err != nil {
+		_ = n.close()
+		return nil, err
+	}
+	n.workers = len(childPIDs(p.pid()))
 	return n, nil
 }
 
 // waitReady waits until nginx proxies the engine's /health.
 func (n *nginxProxy) waitReady(ctx context.Context) error {
-	deadline := time.Now().Add(10 * time.Second)
-	last := "no answer"
-	for time.Now().Before(deadline) {
-		select {
-		case <-n.waited:
-			status := "exit status 0"
-			if n.waitErr != nil {
-				status = n.waitErr.Error()
-			}
-			return fmt.Errorf("nginx exited (%s): %s%s", status, n.out.String(), n.errorLog())
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
+	err := n.proc.waitFor(ctx, 10*time.Second, "proxied /health", func() string {
 		resp, err := http.Get(n.url + "/health")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
+		if err != nil {
+			return err.Error()
 		}
-		time.Sleep(50 * time.Millisecond)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return resp.Status
+		}
+		return ""
+	})
+	if err != nil {
+		return fmt.Errorf("%w%s", err, n.errorLog())
 	}
-	return fmt.Errorf("nginx did not proxy /health within 10s (last: %s): %s%s", last, n.out.String(), n.errorLog())
+	return nil
 }
 
 func (n *nginxProxy) errorLog() string {
@@ -216,32 +191,10 @@ func (n *nginxProxy) errorLog() string {
 	return "\nerror.log: " + lastLines(string(b), 10)
 }
 
-// close stops nginx (SIGTERM: fast shutdown of the master and its workers; SIGKILL after 5s).
-func (n *nginxProxy) close() {
-	_ = n.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-n.waited:
-	case <-time.After(5 * time.Second):
-		_ = n.cmd.Process.Kill()
-		<-n.waited
-	}
+// close stops nginx by its master's PID (SIGTERM: fast shutdown of the master and its
+// workers; SIGKILL to the master and the workers after 5 s) and removes its folder.
+func (n *nginxProxy) close() error {
+	err := n.proc.stop(5 * time.Second)
 	_ = os.RemoveAll(n.dir)
-}
-
-// syncBuffer is a bytes.Buffer safe for the command's writer goroutine and readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	return err
 }

@@ -2,158 +2,133 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"runtime/pprof"
+	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
-	"github.com/helixflow/helixflow/internal/runtime/serve"
 	"github.com/helixflow/helixflow/test/testengine"
 )
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// engine is the test engine served on loopback, with its defaults: no delays, so a
-// non-stream chat completion is answered at once.
+// engine is the test engine binary (helixflow-test-engine) with its defaults: no delays, so
+// a non-stream chat completion is answered at once.
 type engine struct {
-	e   *testengine.Engine
-	srv *http.Server
-	url string
+	proc *proc
+	url  string
 }
 
-func startEngine() (*engine, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startEngine runs the engine on a free loopback port and reads the URL it prints.
+func startEngine(ctx context.Context, bin string) (*engine, error) {
+	p, err := startProc("test engine", exec.Command(bin, "--address", "127.0.0.1:0", "--model", testengine.DefaultModel))
 	if err != nil {
-		return nil, fmt.Errorf("test engine: %w", err)
+		return nil, err
 	}
-	e := testengine.New(testengine.Config{})
-	srv := &http.Server{Handler: e, ReadHeaderTimeout: 10 * time.Second}
-	go pprof.Do(context.Background(), pprof.Labels("role", "engine"), func(context.Context) { _ = srv.Serve(ln) })
-	return &engine{e: e, srv: srv, url: "http://" + ln.Addr().String()}, nil
+	const banner = engineBinary + " listening on "
+	var url string
+	err = p.waitFor(ctx, 10*time.Second, "listening line", func() string {
+		out := p.out.String()
+		i := strings.Index(out, banner)
+		if i < 0 {
+			return "no " + strconv.Quote(banner) + " line"
+		}
+		rest := out[i+len(banner):]
+		j := strings.IndexByte(rest, '\n')
+		if j < 0 {
+			return "line not complete"
+		}
+		url = strings.TrimSpace(rest[:j])
+		return ""
+	})
+	if err == nil {
+		err = p.waitFor(ctx, 10*time.Second, "200 on /health", httpOK(url+"/health"))
+	}
+	if err != nil {
+		_ = p.stop(5 * time.Second)
+		return nil, err
+	}
+	return &engine{proc: p, url: url}, nil
 }
 
-func (g *engine) close() {
-	g.e.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := g.srv.Shutdown(ctx); err != nil {
-		_ = g.srv.Close()
+func (g *engine) close() error { return g.proc.stop(10 * time.Second) }
+
+// httpOK is a waitFor check: "" once url answers 200.
+func httpOK(url string) func() string {
+	return func() string {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err.Error()
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(b)))
+		}
+		return ""
 	}
-}
-
-const benchNamespace = "bench"
-
-// runtimeServe is `runtime serve` embedded in this process, as a pod runs it, but without an
-// API server: the harness feeds it its InferenceModel and ApiKeys as the informers would.
-type runtimeServe struct {
-	s          *serve.Server
-	url        string
-	metricsURL string
-	// key is the load generator's API key (name loadKeyName, ID keyID).
-	key, keyID string
-	// limitedKey has a limit of 1 request per minute, to show the limits are enforced.
-	limitedKey string
-	usage      *usageTotals
-	cancel     context.CancelFunc
-	done       chan error
 }
 
 const (
+	benchNamespace = "bench"
+	benchModel     = "chat"
 	loadKeyName    = "loadgen"
 	limitedKeyName = "limited"
 )
 
-// usageTotals stands in for the manager's usage aggregator client: it adds up the tokens
-// each key used, as the real reporter accumulates deltas between batches.
-type usageTotals struct {
-	mu     sync.Mutex
-	tokens map[string][2]int64
-}
-
-func (u *usageTotals) Record(namespace, apiKey string, prompt, completion int64) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	t := u.tokens[namespace+"/"+apiKey]
-	u.tokens[namespace+"/"+apiKey] = [2]int64{t[0] + prompt, t[1] + completion}
-}
-
-func (u *usageTotals) get(namespace, apiKey string) [2]int64 {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.tokens[namespace+"/"+apiKey]
-}
-
-func startRuntime(ctx context.Context, engineURL string) (*runtimeServe, error) {
-	httpAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
+// benchObjects creates what `runtime serve` reads from the API server: namespace bench, the
+// InferenceModel chat (serving the engine's model, status.readyReplicas 1), and two ApiKeys
+// with generated keys. envtest runs no controllers, so the harness writes the status the
+// manager would (readyReplicas; keyID and keyHash) through the status subresource.
+// It returns the load key (and its ID) and the limited key.
+func benchObjects(ctx context.Context, c client.Client) (key, keyID, limitedKey string, err error) {
+	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: benchNamespace}}); err != nil {
+		return "", "", "", fmt.Errorf("creating namespace %s: %w", benchNamespace, err)
 	}
-	metricsAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
+	model := &servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: benchModel},
+		Spec: servingv1alpha1.InferenceModelSpec{
+			Model:    servingv1alpha1.ModelSource{URI: "hf://org/chat", Name: testengine.DefaultModel},
+			Engine:   servingv1alpha1.EngineSpec{Type: servingv1alpha1.EngineVLLM},
+			Replicas: ptr.To[int32](1),
+		},
 	}
-	usage := &usageTotals{tokens: map[string][2]int64{}}
-	opts := serve.DefaultOptions()
-	opts.Model, opts.Namespace, opts.Upstream = testengine.DefaultModel, benchNamespace, engineURL
-	opts.HTTPAddress, opts.GRPCAddress, opts.MetricsAddress = httpAddr, "0", metricsAddr
-	opts.Usage = usage
-	s, err := serve.New(opts)
-	if err != nil {
-		return nil, err
+	if err := c.Create(ctx, model); err != nil {
+		return "", "", "", fmt.Errorf("creating InferenceModel %s: %w", benchModel, err)
 	}
-	s.SetInferenceModel(&servingv1alpha1.InferenceModel{
-		ObjectMeta: metav1.ObjectMeta{Namespace: benchNamespace, Name: testengine.DefaultModel},
-		Status:     servingv1alpha1.InferenceModelStatus{ReadyReplicas: 1},
-	})
-	rs := &runtimeServe{s: s, url: "http://" + httpAddr, metricsURL: "http://" + metricsAddr + "/metrics", usage: usage}
-	// Limits high enough never to refuse at any rate this harness reaches, but set, so the
-	// limiter counts every request (requests, tokens and concurrency) as it would in production.
-	rs.key, rs.keyID, err = addKey(s, loadKeyName, &servingv1alpha1.KeyRateLimit{
+	model.Status.Replicas, model.Status.ReadyReplicas = 1, 1
+	if err := c.Status().Update(ctx, model); err != nil {
+		return "", "", "", fmt.Errorf("writing InferenceModel %s status: %w", benchModel, err)
+	}
+	// Limits high enough never to refuse at any rate this harness reaches (the CRD's maxima),
+	// but set, so the limiter counts every request (requests, tokens and concurrency) as it
+	// would in production.
+	key, keyID, err = createKey(ctx, c, loadKeyName, &servingv1alpha1.KeyRateLimit{
 		RequestsPerMinute: 1000000, TokensPerMinute: 1000000000, MaxConcurrent: 10000,
 	})
 	if err != nil {
-		return nil, err
+		return "", "", "", err
 	}
-	rs.limitedKey, _, err = addKey(s, limitedKeyName, &servingv1alpha1.KeyRateLimit{RequestsPerMinute: 1})
+	limitedKey, _, err = createKey(ctx, c, limitedKeyName, &servingv1alpha1.KeyRateLimit{RequestsPerMinute: 1})
 	if err != nil {
-		return nil, err
+		return "", "", "", err
 	}
-
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	rs.cancel, rs.done = cancel, make(chan error, 1)
-	// The label reaches every goroutine the runtime starts (its servers' connections, and the
-	// engine connections they dial), so a CPU profile separates the runtime from the rest:
-	// go tool pprof -tagfocus=role=runtime.
-	go pprof.Do(runCtx, pprof.Labels("role", "runtime"), func(ctx context.Context) { rs.done <- s.Run(ctx) })
-	if err := rs.waitReady(ctx); err != nil {
-		_ = rs.close()
-		return nil, err
-	}
-	return rs, nil
+	return key, keyID, limitedKey, nil
 }
 
-// addKey registers an ApiKey with a freshly generated key, as the ApiKey informer would.
-func addKey(s *serve.Server, name string, rl *servingv1alpha1.KeyRateLimit) (key, keyID string, err error) {
+// createKey creates an ApiKey with a freshly generated key and writes its keyID and keyHash
+// to status, as the ApiKey controller would.
+func createKey(ctx context.Context, c client.Client, name string, rl *servingv1alpha1.KeyRateLimit) (key, keyID string, err error) {
 	key, keyID, err = auth.GenerateKey()
 	if err != nil {
 		return "", "", err
@@ -164,51 +139,57 @@ func addKey(s *serve.Server, name string, rl *servingv1alpha1.KeyRateLimit) (key
 			Scopes:    []servingv1alpha1.Scope{servingv1alpha1.ScopeInference, servingv1alpha1.ScopeListModels},
 			RateLimit: rl,
 		},
-		Status: servingv1alpha1.ApiKeyStatus{KeyID: keyID, KeyHash: auth.HashKey(key).String()},
 	}
-	if err := s.Authenticator().Keys().Upsert(ak); err != nil {
-		return "", "", fmt.Errorf("adding ApiKey %s: %w", name, err)
+	if err := c.Create(ctx, ak); err != nil {
+		return "", "", fmt.Errorf("creating ApiKey %s: %w", name, err)
+	}
+	ak.Status.KeyID, ak.Status.KeyHash = keyID, auth.HashKey(key).String()
+	if err := c.Status().Update(ctx, ak); err != nil {
+		return "", "", fmt.Errorf("writing ApiKey %s status: %w", name, err)
 	}
 	return key, keyID, nil
 }
 
-func (rs *runtimeServe) waitReady(ctx context.Context) error {
-	deadline := time.Now().Add(15 * time.Second)
-	last := "no answer"
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-rs.done:
-			return fmt.Errorf("runtime serve stopped: %w", err)
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		resp, err := http.Get(rs.url + "/readyz")
-		if err == nil {
-			b, _ := io.ReadAll(resp.Body)
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = fmt.Sprintf("%d %s", resp.StatusCode, bytes.TrimSpace(b))
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("runtime serve not ready within 15s: %s", last)
+// runtimeServe is the runtime binary running `runtime serve` as a pod runs it, against the
+// API server: it reads its InferenceModel and the ApiKeys through its own informers.
+type runtimeServe struct {
+	proc       *proc
+	url        string
+	metricsURL string
+	// key is the load generator's API key (name loadKeyName, ID keyID).
+	key, keyID string
+	// limitedKey has a limit of 1 request per minute, to show the limits are enforced.
+	limitedKey string
 }
 
-// close stops the runtime and returns what Run returned.
-func (rs *runtimeServe) close() error {
-	rs.cancel()
-	select {
-	case err := <-rs.done:
-		return err
-	case <-time.After(10 * time.Second):
-		return errors.New("runtime serve did not stop within 10s")
+// startRuntime runs `runtime serve` in front of the engine, with usage reporting off (no
+// --usage-endpoint: there is no manager), and waits for its /readyz: the InferenceModel and
+// the ApiKeys read and the engine healthy.
+func startRuntime(ctx context.Context, bin, engineURL, kubeconfig string) (*runtimeServe, error) {
+	httpAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
 	}
+	metricsAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "serve", "--model", benchModel, "--namespace", benchNamespace, "--upstream", engineURL,
+		"--http-address", httpAddr, "--grpc-address", "0", "--metrics-address", metricsAddr, "--kubeconfig", kubeconfig)
+	p, err := startProc("runtime serve", cmd)
+	if err != nil {
+		return nil, err
+	}
+	rs := &runtimeServe{proc: p, url: "http://" + httpAddr, metricsURL: "http://" + metricsAddr + "/metrics"}
+	if err := p.waitFor(ctx, 30*time.Second, "200 on /readyz", httpOK(rs.url+"/readyz")); err != nil {
+		_ = rs.close()
+		return nil, err
+	}
+	return rs, nil
 }
+
+// close stops the runtime by its PID (SIGTERM: it drains, then exits).
+func (rs *runtimeServe) close() error { return rs.proc.stop(10 * time.Second) }
 
 // checkEnforcement shows that auth and limits are on: no key is refused with 401, and the
 // key limited to 1 request per minute gets 200 and then 429.
@@ -251,66 +232,85 @@ func (rs *runtimeServe) checkEnforcement(ctx context.Context) ([]string, error) 
 		"the load key has requestsPerMinute 1000000, tokensPerMinute 1000000000, maxConcurrent 10000, all evaluated per request", retryAfter)}, nil
 }
 
-// checkAccounting compares what the runtime counted for the load key (its metrics, and the
-// usage it reported) with the successful requests the load generator saw through it
-// (warm-ups and the probe included). It returns notes; a mismatch is a note starting with
-// "MISMATCH", not a harness failure.
+// checkAccounting compares what the runtime counted for the load key, read from its metrics
+// endpoint, with the successful requests the load generator saw through it (warm-ups and
+// the probe included): requests, and the prompt and completion tokens taken from the
+// engine's usage (what the runtime would report to the manager's usage aggregator; reporting
+// itself is off, as there is no manager). It returns notes; a mismatch is a note starting
+// with "MISMATCH", not a harness failure.
 func (rs *runtimeServe) checkAccounting(ctx context.Context, okRequests int64) ([]string, error) {
-	counted, err := rs.scrapeRequests(ctx)
+	m, err := scrape(ctx, rs.metricsURL)
 	if err != nil {
 		return nil, err
 	}
-	u := rs.usage.get(benchNamespace, loadKeyName)
-	wantPrompt, wantCompletion := okRequests*promptTokens, okRequests*completionTokens
-	var notes []string
-	if counted == float64(okRequests) && u[0] == wantPrompt && u[1] == wantCompletion {
-		notes = append(notes, fmt.Sprintf("metrics and usage on: %d successful requests through the runtime; "+
-			"helixflow_runtime_requests_total{code=\"200\",key_id=%q} = %.0f; usage reported %d prompt + %d completion tokens",
-			okRequests, rs.keyID, counted, u[0], u[1]))
-	} else {
-		notes = append(notes, fmt.Sprintf("MISMATCH: %d successful requests through the runtime (want %d prompt + %d completion tokens), "+
-			"but helixflow_runtime_requests_total{code=\"200\",key_id=%q} = %.0f and usage reported %d prompt + %d completion tokens",
-			okRequests, wantPrompt, wantCompletion, rs.keyID, counted, u[0], u[1]))
+	keyLabel := `key_id="` + rs.keyID + `"`
+	counted := m.sum("helixflow_runtime_requests_total", `code="200"`, keyLabel)
+	prompt := m.sum("helixflow_runtime_tokens_total", `direction="prompt"`, keyLabel)
+	completion := m.sum("helixflow_runtime_tokens_total", `direction="completion"`, keyLabel)
+	if counted == 0 {
+		return nil, errors.New("helixflow_runtime_requests_total has no series for the load key: metrics are not on")
 	}
-	return notes, nil
+	wantPrompt, wantCompletion := float64(okRequests*promptTokens), float64(okRequests*completionTokens)
+	if counted == float64(okRequests) && prompt == wantPrompt && completion == wantCompletion {
+		return []string{fmt.Sprintf("metrics and usage on: %d successful requests through the runtime; "+
+			"helixflow_runtime_requests_total{code=\"200\",key_id=%q} = %.0f; helixflow_runtime_tokens_total = %.0f prompt + %.0f completion "+
+			"(usage reporting to the manager is off: no --usage-endpoint)", okRequests, rs.keyID, counted, prompt, completion)}, nil
+	}
+	return []string{fmt.Sprintf("MISMATCH: %d successful requests through the runtime (want %.0f prompt + %.0f completion tokens), "+
+		"but helixflow_runtime_requests_total{code=\"200\",key_id=%q} = %.0f and helixflow_runtime_tokens_total = %.0f prompt + %.0f completion",
+		okRequests, wantPrompt, wantCompletion, rs.keyID, counted, prompt, completion)}, nil
 }
 
-// scrapeRequests sums helixflow_runtime_requests_total for code 200 and the load key from
-// the metrics endpoint.
-func (rs *runtimeServe) scrapeRequests(ctx context.Context) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rs.metricsURL, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("scraping metrics: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("scraping metrics: %s", resp.Status)
-	}
-	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "helixflow_runtime_requests_total{") ||
-			!strings.Contains(line, `code="200"`) || !strings.Contains(line, `key_id="`+rs.keyID+`"`) {
+// metricLines are the sample lines of a Prometheus text exposition.
+type metricLines []string
+
+// sum adds up the samples of metric name whose labels contain every one of labels.
+func (m metricLines) sum(name string, labels ...string) float64 {
+	var total float64
+	for _, line := range m {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			return 0, fmt.Errorf("metrics line %q: %w", line, err)
+		head := line[:i]
+		ok := true
+		for _, l := range labels {
+			if !strings.Contains(head, l) {
+				ok = false
+				break
+			}
 		}
-		sum += v
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			total += v
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return 0, err
+	return total
+}
+
+// scrape reads the sample lines (no comments) of a metrics endpoint.
+func scrape(ctx context.Context, url string) (metricLines, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, err
 	}
-	if sum == 0 {
-		return 0, errors.New("helixflow_runtime_requests_total has no series for the load key: metrics are not on")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("scraping metrics: %w", err)
 	}
-	return sum, nil
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("scraping metrics: %s", resp.Status)
+	}
+	var out metricLines
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		if line := sc.Text(); line != "" && !strings.HasPrefix(line, "#") && strings.LastIndexByte(line, ' ') > 0 {
+			out = append(out, line)
+		}
+	}
+	return out, sc.Err()
 }

@@ -11,13 +11,16 @@ import (
 	"time"
 )
 
-// setParentDeathSignal makes the kernel send nginx's master SIGTERM (a clean stop of its
-// workers) if this process dies without stopping it, so no nginx outlives the harness.
+// setParentDeathSignal makes the kernel send the child SIGTERM (a clean stop; nginx's master
+// stops its workers) if the harness dies without stopping it (SIGKILL, a crash). The kernel
+// ties it to the OS thread that started the child, so it is a backstop only: proc.stop, by
+// PID, is the normal path, at the end of a run and on SIGINT or SIGTERM.
 func setParentDeathSignal(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 }
 
-// selfCPU is the CPU time (user + system) this process has used.
+// selfCPU is the CPU time (user + system) this process (the harness: the load generator) has
+// used, children not included.
 func selfCPU() (time.Duration, error) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
@@ -31,26 +34,37 @@ func selfCPU() (time.Duration, error) {
 const userHZ = 100
 
 // treeCPU is the CPU time (user + system) used by process pid and its live children (nginx's
-// master and workers), from /proc, in 10 ms ticks.
+// master and workers; the engine and the runtime have none), from /proc, in 10 ms ticks.
 func treeCPU(pid int) (time.Duration, error) {
 	total, _, err := procCPU(strconv.Itoa(pid))
 	if err != nil {
 		return 0, err
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		cpu, ppid, err := procCPU(e.Name())
-		if err == nil && ppid == pid {
+	for _, c := range childPIDs(pid) {
+		if cpu, _, err := procCPU(strconv.Itoa(c)); err == nil {
 			total += cpu
 		}
 	}
 	return total, nil
+}
+
+// childPIDs lists the live children of pid, from /proc.
+func childPIDs(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, ppid, err := procCPU(e.Name()); err == nil && ppid == pid {
+			out = append(out, child)
+		}
+	}
+	return out
 }
 
 // procCPU reads utime + stime and the parent of /proc/<pid>/stat.

@@ -10,9 +10,11 @@ import (
 
 var errNoProcfs = errors.New("CPU accounting needs Linux")
 
-// setParentDeathSignal has no equivalent outside Linux; close stops nginx as usual.
+// setParentDeathSignal has no equivalent outside Linux; stop ends the children as usual.
 func setParentDeathSignal(*exec.Cmd) {}
 
 func selfCPU() (time.Duration, error) { return 0, errNoProcfs }
 
 func treeCPU(int) (time.Duration, error) { return 0, errNoProcfs }
+
+func childPIDs(int) []int { return nil }
