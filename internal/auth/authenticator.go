@@ -71,7 +71,7 @@ type Authenticator struct {
 // Option configures an Authenticator.
 type Option func(*Authenticator)
 
-// WithClock replaces time.Now, so tests can move time.
+// WithClock replaces the clock (CoarseNow by default), so tests can move time.
 func WithClock(now func() time.Time) Option { return func(a *Authenticator) { a.now = now } }
 
 // NewAuthenticator returns an authenticator for namespace's ApiKeys and tokens accepting the
@@ -89,7 +89,7 @@ func NewAuthenticator(namespace string, mode servingv1alpha1.AuthMode, opts ...O
 	default:
 		return nil, fmt.Errorf("unknown auth mode %q", mode)
 	}
-	a := &Authenticator{namespace: namespace, mode: mode, now: time.Now, keys: NewIndex(namespace)}
+	a := &Authenticator{namespace: namespace, mode: mode, now: CoarseNow, keys: NewIndex(namespace)}
 	for _, opt := range opts {
 		opt(a)
 	}

@@ -54,3 +54,14 @@ func TestQuotaExhaustedOnlyInItsWindow(t *testing.T) {
 		t.Fatal("99 of 100, exhausted")
 	}
 }
+
+func TestCoarseNowFollowsTheClock(t *testing.T) {
+	a := CoarseNow()
+	if d := time.Since(a); d < -coarseTick || d > time.Second {
+		t.Fatalf("CoarseNow is %v away from time.Now", d)
+	}
+	time.Sleep(10 * coarseTick)
+	if b := CoarseNow(); !b.After(a) {
+		t.Fatalf("CoarseNow did not move: %v then %v", a, b)
+	}
+}
