@@ -11,7 +11,6 @@ import (
 	"mime"
 	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -22,9 +21,8 @@ import (
 	"github.com/helixflow/helixflow/internal/signing"
 )
 
-// MaxAuthorizationBytes caps the Authorization header; longer ones get 431 unparsed. It
-// matches the runtime's cap.
-const MaxAuthorizationBytes = 8 << 10
+// MaxAuthorizationBytes caps the Authorization header (431 beyond), as in the runtime.
+const MaxAuthorizationBytes = auth.MaxAuthorizationHeaderBytes
 
 // TokenResponse is the body of a successful POST /v1/tokens (RFC 6749 section 5.1 names).
 type TokenResponse struct {
@@ -152,21 +150,16 @@ func (s *Server) authenticate(r *http.Request, now time.Time) (*servingv1alpha1.
 	return ak, earliest(notAfter, keyExpiry(ak)), checkUsable(ak, now)
 }
 
-// bearerKey reads "Authorization: Bearer <key>": scheme case-insensitive, then spaces or
-// tabs, as the runtime reads it.
+// bearerKey reads "Authorization: Bearer <key>" with the runtime's parser, so a header the
+// runtime accepts is accepted here and the other way round.
 func bearerKey(header string) (string, *failure) {
-	if len(header) > MaxAuthorizationBytes {
+	key, err := auth.ParseAuthorization(header)
+	switch {
+	case errors.Is(err, auth.ErrHeaderTooLarge):
 		return "", fail(errHeaderTooLarge)
-	}
-	header = strings.Trim(header, " \t")
-	scheme, key := header, ""
-	if i := strings.IndexAny(header, " \t"); i >= 0 {
-		scheme, key = header[:i], strings.Trim(header[i:], " \t")
-	}
-	if !strings.EqualFold(scheme, "Bearer") || key == "" {
+	case err != nil:
 		return "", fail(errMissingKey)
-	}
-	if len(key) > auth.MaxKeyLength || strings.ContainsAny(key, " \t") {
+	case len(key) > auth.MaxKeyLength:
 		return "", fail(errInvalidKey) // not worth hashing: no stored key looks like this
 	}
 	return key, nil
