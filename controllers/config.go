@@ -52,6 +52,9 @@ type Config struct {
 	TokenServiceBindAddress string
 	// UsageBindAddress serves the gRPC usage aggregator runtimes report to; "0" disables it.
 	UsageBindAddress string
+
+	// Exposure configures the Ingresses, routes and Certificates of spec.endpoint.
+	Exposure ExposureConfig
 }
 
 // DefaultEngineImages are the engines' upstream images, overridable per engine by flag.
@@ -85,6 +88,7 @@ func DefaultConfig() Config {
 		MaxTokenTTL:             tokenservice.DefaultMaxTTL,
 		TokenServiceBindAddress: tokenservice.DefaultBindAddress,
 		UsageBindAddress:        usage.DefaultBindAddress,
+		Exposure:                DefaultExposureConfig(),
 	}
 }
 

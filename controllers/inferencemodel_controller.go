@@ -42,6 +42,8 @@ type InferenceModelReconciler struct {
 	Scheme   *runtime.Scheme
 	Recorder events.EventRecorder
 	Config   Config
+	// optional watches cert-manager and Gateway API kinds once their CRDs are installed.
+	optional *optionalKinds
 }
 
 // placementVerdict is the Scheduled condition plus the numbers behind it.
@@ -73,11 +75,41 @@ func (r *InferenceModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		return ctrl.Result{}, err
 	}
 	deploy, applyErr := r.applyChildren(ctx, desired)
+	var ex exposure
+	if applyErr == nil {
+		ex, applyErr = r.reconcileExposure(ctx, model)
+	}
 	status := computeModelStatus(model, verdict, deploy, applyErr, r.Config.ClusterDomain)
+	setExposureStatus(&status, model, ex)
 	if err := r.writeStatus(ctx, model, status); err != nil {
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{}, applyErr
+	return ctrl.Result{RequeueAfter: ex.requeue}, applyErr
+}
+
+// setExposureStatus adds what exposure found to a computed status: the Exposed and TLSReady
+// conditions (removed without an endpoint), the public URL, and Ready held back until the
+// model is reachable where spec.endpoint says.
+func setExposureStatus(st *servingv1alpha1.InferenceModelStatus, m *servingv1alpha1.InferenceModel, ex exposure) {
+	for _, c := range []struct {
+		typ  string
+		cond *metav1.Condition
+	}{{servingv1alpha1.InferenceModelConditionExposed, ex.exposed}, {servingv1alpha1.InferenceModelConditionTLSReady, ex.tls}} {
+		if c.cond == nil {
+			meta.RemoveStatusCondition(&st.Conditions, c.typ)
+			continue
+		}
+		cond := *c.cond
+		cond.Type = c.typ
+		meta.SetStatusCondition(&st.Conditions, cond)
+	}
+	if ex.url != "" {
+		st.URL = ex.url
+	}
+	ready := meta.FindStatusCondition(st.Conditions, servingv1alpha1.ConditionReady)
+	if ok, blocking := ex.ready(); !ok && ready != nil && ready.Status == metav1.ConditionTrue {
+		setCondition(&st.Conditions, servingv1alpha1.ConditionReady, metav1.ConditionFalse, blocking.Reason, blocking.Type+": "+blocking.Message, m.Generation)
+	}
 }
 
 // place decides where the model goes. Errors are only for failed reads; a model that does

@@ -8,10 +8,12 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -113,7 +115,7 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// already cover start-up. Updates (someone edits a child, Deployment status moves) and
 	// deletes still bring the model back.
 	notCreate := builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})
-	return ctrl.NewControllerManagedBy(mgr).
+	c2, err := ctrl.NewControllerManagedBy(mgr).
 		// Status-only updates are our own writes coming back; only spec changes need work.
 		For(&servingv1alpha1.InferenceModel{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&appsv1.Deployment{}, notCreate).
@@ -122,6 +124,8 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&rbacv1.Role{}, notCreate).
 		Owns(&rbacv1.RoleBinding{}, notCreate).
 		Owns(&policyv1.PodDisruptionBudget{}, notCreate).
+		// Ingress status (the controller's address) is what Exposed reports.
+		Owns(&networkingv1.Ingress{}).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.Config.MaxConcurrentReconciles, 1)}).
 		Watches(&servingv1alpha1.GPUPool{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []ctrl.Request {
 			return modelsInPool(ctx, c, o.GetName())
@@ -140,7 +144,16 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return nil
 		}), builder.WithPredicates(podBindingChanged())).
 		Named("inferencemodel").
-		Complete(r)
+		Build(r)
+	if err != nil {
+		return err
+	}
+	// Certificates and routes are watched once their CRDs are found, which may be after start.
+	r.optional = &optionalKinds{
+		ctrl: c2, cache: mgr.GetCache(), mapper: mgr.GetRESTMapper(), watched: map[schema.GroupKind]bool{},
+		handler: handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &servingv1alpha1.InferenceModel{}, handler.OnlyControllerOwner()),
+	}
+	return nil
 }
 
 // SetupWithManager watches the pool's nodes, their GPUNode reports, HelixFlow pods and the

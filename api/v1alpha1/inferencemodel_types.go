@@ -84,6 +84,24 @@ const (
 	InferenceModelReasonNotScheduled     = "NotScheduled"
 	InferenceModelReasonWeightsFetching  = "WeightsFetching"
 	InferenceModelReasonWeightsFailed    = "WeightsFailed"
+
+	// Exposed reasons.
+	InferenceModelReasonIngressAdmitted  = "IngressAdmitted"
+	InferenceModelReasonIngressPending   = "IngressPending"
+	InferenceModelReasonRouteAccepted    = "RouteAccepted"
+	InferenceModelReasonRouteNotAccepted = "RouteNotAccepted"
+	InferenceModelReasonRoutePending     = "RoutePending"
+	InferenceModelReasonInvalidEndpoint  = "InvalidEndpoint"
+	// InferenceModelReasonGatewayAPINotInstalled: spec.endpoint.gatewayRef is set but the
+	// cluster has no Gateway API CRDs.
+	InferenceModelReasonGatewayAPINotInstalled = "GatewayAPINotInstalled"
+	// InferenceModelReasonNotExposed: Ready does not wait for exposure (no spec.endpoint).
+	InferenceModelReasonNotExposed = "NotExposed"
+
+	// TLSReady reasons (besides the Certificate's own Ready reason, which is mirrored).
+	InferenceModelReasonNoIssuer                = "NoIssuer"
+	InferenceModelReasonCertManagerNotInstalled = "CertManagerNotInstalled"
+	InferenceModelReasonCertificatePending      = "CertificatePending"
 )
 
 // Runtime ports in every model pod; the engine must listen elsewhere.

@@ -68,6 +68,31 @@ func main() {
 		"Address the gRPC usage aggregator (runtimes report per-key token usage to it) binds to; 0 disables it.")
 	flag.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "Lifetime of an issued token when the request does not ask for one.")
 	flag.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", cfg.MaxTokenTTL, "Longest lifetime a token request may ask for.")
+	flag.StringVar(&cfg.Exposure.DefaultIngressClass, "default-ingress-class", cfg.Exposure.DefaultIngressClass,
+		"Ingress class of exposed models that set neither spec.endpoint.ingressClassName nor gatewayRef.")
+	flag.Func("ingress-dialect", "Annotations written on Ingresses: ingress-nginx (the community controller, default) or nginx-inc (F5 NGINX Ingress Controller, nginx.org/*).",
+		func(v string) error {
+			switch controllers.IngressDialect(v) {
+			case controllers.DialectIngressNginx, controllers.DialectNginxInc:
+				cfg.Exposure.Dialect = controllers.IngressDialect(v)
+				return nil
+			}
+			return fmt.Errorf("unknown dialect %q: want ingress-nginx or nginx-inc", v)
+		})
+	flag.Func("default-issuer", "cert-manager issuer of exposed models that name none, as ClusterIssuer/NAME or Issuer/NAME (a bare NAME is a ClusterIssuer).",
+		func(v string) error {
+			kind, name, ok := strings.Cut(v, "/")
+			if !ok {
+				kind, name = string(servingv1alpha1.IssuerKindClusterIssuer), v
+			}
+			if name == "" || (kind != string(servingv1alpha1.IssuerKindClusterIssuer) && kind != string(servingv1alpha1.IssuerKindIssuer)) {
+				return fmt.Errorf("want ClusterIssuer/NAME or Issuer/NAME, got %q", v)
+			}
+			cfg.Exposure.DefaultIssuer = &servingv1alpha1.IssuerReference{Name: name, Kind: servingv1alpha1.IssuerKind(kind)}
+			return nil
+		})
+	flag.DurationVar(&cfg.Exposure.StreamTimeout, "stream-timeout", cfg.Exposure.StreamTimeout,
+		"Read and send timeouts written on Ingresses and routes: how long a token stream may run (at least 10m recommended).")
 	zapOpts := zap.Options{}
 	zapOpts.BindFlags(flag.CommandLine)
 	// --kubeconfig is registered on flag.CommandLine by controller-runtime; KUBECONFIG and

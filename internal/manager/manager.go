@@ -11,9 +11,11 @@ import (
 	"os"
 	"time"
 
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	"github.com/go-logr/logr"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -22,9 +24,11 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/scheme"
@@ -100,7 +104,7 @@ func New(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 		LeaderElectionNamespace:       opts.Namespace,
 		LeaderElectionReleaseOnCancel: true,
 		GracefulShutdownTimeout:       &shutdown,
-		Cache:                         cacheOptions(),
+		Cache:                         cacheOptions(installedOptionalKinds(cfg)),
 		Controller:                    config.Controller{SkipNameValidation: ptr.To(opts.SkipControllerNameValidation)},
 		Logger:                        opts.Logger,
 	})
@@ -130,11 +134,11 @@ func New(cfg *rest.Config, opts Options) (ctrl.Manager, error) {
 // cacheOptions limits the informers to what HelixFlow owns: pods, Secrets, ConfigMaps and
 // the workload objects the manager creates are cached only when they carry the managed-by
 // label, so the manager's memory does not grow with the rest of the cluster.
-func cacheOptions() cache.Options {
+func cacheOptions(optional []client.Object) cache.Options {
 	owned := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{
 		servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue,
 	})}
-	return cache.Options{
+	opts := cache.Options{
 		// Managed fields are a large share of every cached object and the manager never reads them.
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
@@ -147,9 +151,40 @@ func cacheOptions() cache.Options {
 			&appsv1.DaemonSet{}:             owned,
 			&policyv1.PodDisruptionBudget{}: owned,
 			&rbacv1.Role{}:                  owned,
+			&networkingv1.Ingress{}:         owned,
 			&rbacv1.RoleBinding{}:           owned,
 		},
 	}
+	for _, obj := range optional {
+		opts.ByObject[obj] = owned
+	}
+	return opts
+}
+
+// installedOptionalKinds are the kinds of CRDs HelixFlow writes but a cluster may lack
+// (cert-manager, Gateway API) that are installed now. Only those can be given a label-filtered
+// cache at start (the cache must map them); one installed later is still watched, through a
+// cache of all its objects, until the manager restarts.
+func installedOptionalKinds(cfg *rest.Config) []client.Object {
+	httpClient, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil
+	}
+	mapper, err := apiutil.NewDynamicRESTMapper(cfg, httpClient)
+	if err != nil {
+		return nil
+	}
+	var found []client.Object
+	for _, obj := range []client.Object{&certmanagerv1.Certificate{}, &gatewayv1.HTTPRoute{}, &gatewayv1.GRPCRoute{}} {
+		gvk, err := apiutil.GVKForObject(obj, scheme.New())
+		if err != nil {
+			continue
+		}
+		if _, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err == nil {
+			found = append(found, obj)
+		}
+	}
+	return found
 }
 
 // Run builds the manager and blocks until ctx is done or the manager fails.

@@ -18,14 +18,12 @@ import (
 	"strings"
 	"testing"
 
-	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/helixflow/helixflow/internal/scheme"
 )
@@ -70,11 +68,11 @@ type Env struct {
 	env *envtest.Environment
 }
 
-// Scheme returns HelixFlow's scheme plus cert-manager and Gateway API types.
+// Scheme returns HelixFlow's scheme (which has cert-manager and Gateway API types) plus
+// CustomResourceDefinitions, which tests install and remove.
 func Scheme() *k8sruntime.Scheme {
 	s := scheme.New()
-	utilruntime.Must(certmanagerv1.AddToScheme(s))
-	utilruntime.Must(gatewayv1.Install(s))
+	utilruntime.Must(apiextensionsv1.AddToScheme(s))
 	return s
 }
 
