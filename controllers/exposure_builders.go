@@ -328,9 +328,14 @@ func validateEndpoint(m *servingv1alpha1.InferenceModel, cfg ExposureConfig) err
 		if rl.Connections < 0 || rl.Connections > 100000 {
 			return exposureErrorf("spec.endpoint.rateLimit.connections", "spec.endpoint.rateLimit.connections %d: want 1 to 100000", rl.Connections)
 		}
-		// F5's controller has no per-client connection limit for Ingresses (only through
-		// snippets, which HelixFlow never writes); refuse rather than silently not limit.
-		if rl.Connections > 0 && ep.GatewayRef == nil && cfg.Dialect == DialectNginxInc {
+		// Refuse a limit the edge cannot enforce rather than silently not limit. Gateway API
+		// has no rate limits; F5's controller has no per-client connection limit for
+		// Ingresses (only through snippets, which HelixFlow never writes).
+		if ep.GatewayRef != nil && (rl.RequestsPerSecond > 0 || rl.Connections > 0) {
+			return exposureErrorf("spec.endpoint.rateLimit",
+				"spec.endpoint.rateLimit cannot be enforced through a Gateway (Gateway API has no rate limits): remove it and configure the Gateway implementation's rate limiting")
+		}
+		if rl.Connections > 0 && cfg.Dialect == DialectNginxInc {
 			return exposureErrorf("spec.endpoint.rateLimit.connections",
 				"spec.endpoint.rateLimit.connections cannot be enforced by the F5 NGINX Ingress Controller (the manager's ingress dialect is %s): remove it or use requestsPerSecond", DialectNginxInc)
 		}

@@ -99,6 +99,10 @@ func main() {
 	// in-cluster configuration are the fallbacks, as in every controller-runtime manager.
 	flag.Parse()
 	opts.QPS = float32(qps)
+	if err := cfg.Exposure.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "invalid exposure flags:", err)
+		os.Exit(2)
+	}
 	cfg.Namespace = opts.Namespace
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 

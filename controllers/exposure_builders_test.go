@@ -1,0 +1,833 @@
+package controllers
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	certmanagerv1 "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+	"github.com/google/go-cmp/cmp"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+)
+
+// These tests are pure: ExposureObjects does no I/O. The envtest suite (exposure_test.go)
+// applies the same objects to an API server with cert-manager's and Gateway API's CRDs.
+
+// updateGolden rewrites golden files instead of comparing:
+//
+//	go test ./controllers -run TestExposureGolden -update
+var updateGolden = flag.Bool("update", false, "rewrite the golden files under controllers/testdata")
+
+const exposureTestNamespace = "team-a"
+
+// exposureTestModel is model llama exposed at llama.example.com, as the API server's defaults
+// leave it, changed by mutate.
+func exposureTestModel(mutate ...func(*servingv1alpha1.InferenceModel)) *servingv1alpha1.InferenceModel {
+	m := &servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Name: "llama", Namespace: exposureTestNamespace, Generation: 1},
+		Spec: servingv1alpha1.InferenceModelSpec{
+			Model:    servingv1alpha1.ModelSource{URI: "hf://meta-llama/Llama-3.1-8B-Instruct"},
+			Engine:   servingv1alpha1.EngineSpec{Type: servingv1alpha1.EngineVLLM, Port: 8000},
+			Endpoint: &servingv1alpha1.EndpointSpec{Host: "llama.example.com"},
+		},
+	}
+	for _, f := range mutate {
+		f(m)
+	}
+	return m
+}
+
+// exposureTestConfig is the default configuration with a default ClusterIssuer.
+func exposureTestConfig(mutate ...func(*ExposureConfig)) ExposureConfig {
+	c := DefaultExposureConfig()
+	c.DefaultIssuer = &servingv1alpha1.IssuerReference{Name: "letsencrypt", Kind: servingv1alpha1.IssuerKindClusterIssuer}
+	for _, f := range mutate {
+		f(&c)
+	}
+	return c
+}
+
+func exposureAnnotations(kv ...string) func(*servingv1alpha1.InferenceModel) {
+	return func(m *servingv1alpha1.InferenceModel) {
+		if m.Annotations == nil {
+			m.Annotations = map[string]string{}
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m.Annotations[kv[i]] = kv[i+1]
+		}
+	}
+}
+
+func exposureRateLimit(rps, conns int32) func(*servingv1alpha1.InferenceModel) {
+	return func(m *servingv1alpha1.InferenceModel) {
+		m.Spec.Endpoint.RateLimit = &servingv1alpha1.EdgeRateLimit{RequestsPerSecond: rps, Connections: conns}
+	}
+}
+
+func exposureGateway(name, namespace, section string) func(*servingv1alpha1.InferenceModel) {
+	return func(m *servingv1alpha1.InferenceModel) {
+		m.Spec.Endpoint.GatewayRef = &servingv1alpha1.GatewayReference{Name: name, Namespace: namespace, SectionName: section}
+	}
+}
+
+func exposureDialect(d IngressDialect) func(*ExposureConfig) {
+	return func(c *ExposureConfig) { c.Dialect = d }
+}
+
+type exposureCase struct {
+	name  string
+	model *servingv1alpha1.InferenceModel
+	cfg   ExposureConfig
+}
+
+// exposureGoldenCases are the variants with a golden file each.
+func exposureGoldenCases() []exposureCase {
+	return []exposureCase{
+		{name: "ingress-default", model: exposureTestModel(), cfg: exposureTestConfig()},
+		{
+			name: "ingress-class-ratelimit-allowlist",
+			model: exposureTestModel(exposureRateLimit(10, 20),
+				exposureAnnotations(
+					"nginx.ingress.kubernetes.io/allowlist-source-range", "10.0.0.0/8, 192.0.2.7",
+					"example.com/team", "search", // not for the controller: not copied
+				),
+				func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.IngressClassName = "nginx-internal" }),
+			cfg: exposureTestConfig(),
+		},
+		{
+			name: "nginx-inc",
+			model: exposureTestModel(exposureRateLimit(10, 0),
+				exposureAnnotations("nginx.org/policies", "allow-office")),
+			cfg: exposureTestConfig(exposureDialect(DialectNginxInc)),
+		},
+		{
+			name:  "gateway",
+			model: exposureTestModel(exposureGateway("edge", "gateway-system", "https")),
+			cfg:   exposureTestConfig(),
+		},
+		{
+			name:  "no-issuer",
+			model: exposureTestModel(),
+			cfg:   exposureTestConfig(func(c *ExposureConfig) { c.DefaultIssuer = nil }),
+		},
+		{
+			name: "custom-issuer-secret",
+			model: exposureTestModel(func(m *servingv1alpha1.InferenceModel) {
+				m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{
+					IssuerRef:  &servingv1alpha1.IssuerReference{Name: "corp-ca", Kind: servingv1alpha1.IssuerKindClusterIssuer},
+					SecretName: "llama-cert",
+				}
+			}),
+			cfg: exposureTestConfig(func(c *ExposureConfig) { c.DefaultIssuer = nil }),
+		},
+	}
+}
+
+// renderExposure is what the manager applies, as YAML: applyConfig drops the empty status and
+// the null creationTimestamp of typed objects.
+func renderExposure(t *testing.T, objs []client.Object) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	b.WriteString("# Generated by TestExposureGolden: go test ./controllers -run TestExposureGolden -update\n")
+	for _, o := range objs {
+		u, err := applyConfig(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := yaml.Marshal(u.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString("---\n")
+		b.Write(data)
+	}
+	return b.Bytes()
+}
+
+func TestExposureGolden(t *testing.T) {
+	for _, tc := range exposureGoldenCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := ExposureObjects(tc.model, tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkExposureObjects(t, tc.model, tc.cfg, objs)
+			got := renderExposure(t, objs)
+			path := filepath.Join("testdata", "exposure", tc.name+".yaml")
+			if *updateGolden {
+				if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, got, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run with -update to create it)", err)
+			}
+			if diff := cmp.Diff(string(want), string(got)); diff != "" {
+				t.Errorf("%s differs (-want +got; run with -update if the change is intended):\n%s", path, diff)
+			}
+		})
+	}
+}
+
+// Every variant passes the real CRDs' schemas and CEL rules (cert-manager's and Gateway
+// API's, installed by the test environment) and the Ingress validation of the API server:
+// a server-side dry run writes nothing.
+func TestExposureGoldenAdmittedByAPIServer(t *testing.T) {
+	ns := newNamespace(t, nil)
+	cases := exposureGoldenCases()
+	cases = append(cases,
+		exposureCase{name: "nginx-inc-gateway-90s", model: exposureTestModel(exposureGateway("edge", "", "")),
+			cfg: exposureTestConfig(exposureDialect(DialectNginxInc), func(c *ExposureConfig) { c.StreamTimeout = 90 * time.Second })},
+		exposureCase{name: "issuer-kind-defaulted", model: exposureTestModel(func(m *servingv1alpha1.InferenceModel) {
+			m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{IssuerRef: &servingv1alpha1.IssuerReference{Name: "team-ca"}}
+		}), cfg: exposureTestConfig()},
+	)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := ExposureObjects(tc.model, tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range objs {
+				u, err := applyConfig(o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				u.SetNamespace(ns)
+				if err := env.Client.Create(context.Background(), u, client.DryRunAll); err != nil {
+					t.Errorf("%s %s refused: %v", u.GetKind(), u.GetName(), err)
+				}
+			}
+		})
+	}
+
+	// The dry run does run the CRDs' CEL: a backendRequest longer than request is refused.
+	objs, err := ExposureObjects(exposureTestModel(exposureGateway("edge", "", "")), exposureTestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := objs[1].(*gatewayv1.HTTPRoute)
+	route.Spec.Rules[0].Timeouts.BackendRequest = ptr.To(gatewayv1.Duration("20m"))
+	u, err := applyConfig(route)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.SetNamespace(ns)
+	if err := env.Client.Create(context.Background(), u, client.DryRunAll); err == nil || !strings.Contains(err.Error(), "backendRequest") {
+		t.Errorf("an HTTPRoute with backendRequest > request: %v, want refused by CEL", err)
+	}
+}
+
+// checkExposureObjects holds every build to what the reconciler relies on.
+func checkExposureObjects(t *testing.T, m *servingv1alpha1.InferenceModel, cfg ExposureConfig, objs []client.Object) {
+	t.Helper()
+	dialect := cfg.Dialect
+	if dialect == "" {
+		dialect = DialectIngressNginx
+	}
+	wantLabels := modelDesired{model: m}.objectLabels()
+	kinds := map[string][]string{}
+	for _, o := range objs {
+		gvk := o.GetObjectKind().GroupVersionKind()
+		if gvk.Kind == "" || gvk.Version == "" {
+			t.Errorf("%T %s has no TypeMeta: it is server-side applied", o, o.GetName())
+		}
+		kinds[gvk.Kind] = append(kinds[gvk.Kind], o.GetName())
+		if o.GetNamespace() != m.Namespace {
+			t.Errorf("%s %s in namespace %q, want %q", gvk.Kind, o.GetName(), o.GetNamespace(), m.Namespace)
+		}
+		if diff := cmp.Diff(wantLabels, o.GetLabels()); diff != "" {
+			t.Errorf("%s %s labels (-want +got):\n%s", gvk.Kind, o.GetName(), diff)
+		}
+		if len(o.GetOwnerReferences()) > 0 {
+			t.Errorf("%s %s has owner references: the reconciler adds them", gvk.Kind, o.GetName())
+		}
+		if ing, ok := o.(*networkingv1.Ingress); ok {
+			for key := range ing.Annotations {
+				if _, documented := documentedAnnotation(dialect, key); !documented {
+					t.Errorf("Ingress %s: annotation %s is not in nginxAnnotations for %s", ing.Name, key, dialect)
+				}
+			}
+		}
+	}
+	if m.Spec.Endpoint.GatewayRef != nil {
+		want := map[string][]string{"HTTPRoute": {httpRouteName(m)}, "GRPCRoute": {grpcRouteName(m)}}
+		for k, names := range want {
+			if diff := cmp.Diff(names, kinds[k]); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", k, diff)
+			}
+		}
+		if len(kinds["Ingress"]) > 0 {
+			t.Errorf("Ingresses %v in Gateway mode", kinds["Ingress"])
+		}
+	} else {
+		if diff := cmp.Diff([]string{ingressName(m), grpcIngressName(m)}, kinds["Ingress"]); diff != "" {
+			t.Errorf("Ingresses (-want +got):\n%s", diff)
+		}
+		if len(kinds["HTTPRoute"])+len(kinds["GRPCRoute"]) > 0 {
+			t.Errorf("routes in Ingress mode: %v", kinds)
+		}
+	}
+	var wantCerts []string
+	if exposureIssuer(m, cfg) != nil {
+		wantCerts = []string{certificateName(m)}
+	}
+	if diff := cmp.Diff(wantCerts, kinds["Certificate"]); diff != "" {
+		t.Errorf("Certificates (-want +got):\n%s", diff)
+	}
+}
+
+func TestExposureBuilderNoEndpoint(t *testing.T) {
+	m := exposureTestModel()
+	m.Spec.Endpoint = nil
+	objs, err := ExposureObjects(m, exposureTestConfig())
+	if objs != nil || err != nil {
+		t.Errorf("got %v, %v; want nothing", objs, err)
+	}
+	if exposureURL(m) != "" {
+		t.Errorf("url %q without an endpoint", exposureURL(m))
+	}
+}
+
+// The builder neither mutates the model nor depends on anything but its input.
+func TestExposureBuilderPureAndDeterministic(t *testing.T) {
+	for _, tc := range exposureGoldenCases() {
+		before := tc.model.DeepCopy()
+		a, errA := ExposureObjects(tc.model, tc.cfg)
+		b, errB := ExposureObjects(tc.model, tc.cfg)
+		if errA != nil || errB != nil {
+			t.Fatalf("%s: %v %v", tc.name, errA, errB)
+		}
+		if diff := cmp.Diff(before, tc.model); diff != "" {
+			t.Errorf("%s: model mutated:\n%s", tc.name, diff)
+		}
+		if !bytes.Equal(renderExposure(t, a), renderExposure(t, b)) {
+			t.Errorf("%s: two builds differ", tc.name)
+		}
+	}
+}
+
+func TestExposureBuilderIngress(t *testing.T) {
+	m := exposureTestModel(exposureRateLimit(7, 3))
+	objs, err := ExposureObjects(m, exposureTestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	http, grpc := objs[1].(*networkingv1.Ingress), objs[2].(*networkingv1.Ingress)
+	for _, ing := range []*networkingv1.Ingress{http, grpc} {
+		if *ing.Spec.IngressClassName != DefaultIngressClass {
+			t.Errorf("%s class %q", ing.Name, *ing.Spec.IngressClassName)
+		}
+		if diff := cmp.Diff([]networkingv1.IngressTLS{{Hosts: []string{"llama.example.com"}, SecretName: "llama-tls"}}, ing.Spec.TLS); diff != "" {
+			t.Errorf("%s TLS (-want +got):\n%s", ing.Name, diff)
+		}
+		a := ing.Annotations
+		if a["nginx.ingress.kubernetes.io/proxy-read-timeout"] != "600" || a["nginx.ingress.kubernetes.io/proxy-send-timeout"] != "600" {
+			t.Errorf("%s timeouts %v", ing.Name, a)
+		}
+		if a["nginx.ingress.kubernetes.io/limit-rps"] != "7" || a["nginx.ingress.kubernetes.io/limit-connections"] != "3" {
+			t.Errorf("%s rate limits %v", ing.Name, a)
+		}
+		if a["nginx.ingress.kubernetes.io/proxy-body-size"] != "8m" || a["nginx.ingress.kubernetes.io/ssl-redirect"] != "true" {
+			t.Errorf("%s body size or redirect %v", ing.Name, a)
+		}
+	}
+	path := http.Spec.Rules[0].HTTP.Paths[0]
+	if path.Path != "/v1" || *path.PathType != networkingv1.PathTypePrefix || path.Backend.Service.Port.Name != "http" || path.Backend.Service.Name != "llama" {
+		t.Errorf("HTTP path %+v", path)
+	}
+	if http.Annotations["nginx.ingress.kubernetes.io/proxy-buffering"] != "off" {
+		t.Errorf("HTTP Ingress buffers responses: %v", http.Annotations)
+	}
+	path = grpc.Spec.Rules[0].HTTP.Paths[0]
+	if path.Path != "/helixflow.inference.v1.Inference" || path.Backend.Service.Port.Name != "grpc" {
+		t.Errorf("gRPC path %+v", path)
+	}
+	// ingress-nginx's strict-validate-path-type refuses dots in Prefix paths.
+	if *path.PathType != networkingv1.PathTypeImplementationSpecific {
+		t.Errorf("gRPC path type %s", *path.PathType)
+	}
+	if grpc.Annotations["nginx.ingress.kubernetes.io/backend-protocol"] != "GRPC" {
+		t.Errorf("gRPC Ingress annotations %v", grpc.Annotations)
+	}
+	// ingress-nginx's validated path characters: what a Prefix path may hold there.
+	if !regexp.MustCompile(`(?i)^/[[:alnum:]_\-/]*$`).MatchString(http.Spec.Rules[0].HTTP.Paths[0].Path) {
+		t.Errorf("HTTP path would be refused by ingress-nginx")
+	}
+}
+
+func TestExposureBuilderNginxInc(t *testing.T) {
+	m := exposureTestModel(exposureRateLimit(12, 0))
+	objs, err := ExposureObjects(m, exposureTestConfig(exposureDialect(DialectNginxInc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	http, grpc := objs[1].(*networkingv1.Ingress), objs[2].(*networkingv1.Ingress)
+	want := map[string]string{
+		"nginx.org/proxy-read-timeout":   "600s",
+		"nginx.org/proxy-send-timeout":   "600s",
+		"nginx.org/client-max-body-size": "8m",
+		"nginx.org/ssl-redirect":         "true",
+		"nginx.org/limit-req-rate":       "12r/s",
+		"nginx.org/limit-req-burst":      "60",
+		"nginx.org/limit-req-no-delay":   "true",
+	}
+	for k, v := range want {
+		if http.Annotations[k] != v || grpc.Annotations[k] != v {
+			t.Errorf("%s: http %q grpc %q, want %q", k, http.Annotations[k], grpc.Annotations[k], v)
+		}
+	}
+	if http.Annotations["nginx.org/proxy-buffering"] != "false" || http.Annotations["nginx.org/websocket-services"] != "llama" {
+		t.Errorf("HTTP Ingress %v", http.Annotations)
+	}
+	if grpc.Annotations["nginx.org/grpc-services"] != "llama" {
+		t.Errorf("gRPC Ingress %v", grpc.Annotations)
+	}
+	if pt := *grpc.Spec.Rules[0].HTTP.Paths[0].PathType; pt != networkingv1.PathTypePrefix {
+		t.Errorf("gRPC path type %s", pt)
+	}
+	for k := range http.Annotations {
+		if !strings.HasPrefix(k, "nginx.org/") {
+			t.Errorf("nginx-inc Ingress carries %s", k)
+		}
+	}
+
+	// F5's controller cannot limit connections per client: refused, not ignored.
+	m = exposureTestModel(exposureRateLimit(0, 5))
+	_, err = ExposureObjects(m, exposureTestConfig(exposureDialect(DialectNginxInc)))
+	wantExposureError(t, err, "spec.endpoint.rateLimit.connections", "F5 NGINX Ingress Controller")
+}
+
+func TestExposureBuilderGateway(t *testing.T) {
+	m := exposureTestModel(exposureGateway("edge", "", ""))
+	objs, err := ExposureObjects(m, exposureTestConfig(func(c *ExposureConfig) { c.StreamTimeout = 90 * time.Second }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	route, grpcRoute := objs[1].(*gatewayv1.HTTPRoute), objs[2].(*gatewayv1.GRPCRoute)
+	for _, refs := range [][]gatewayv1.ParentReference{route.Spec.ParentRefs, grpcRoute.Spec.ParentRefs} {
+		if len(refs) != 1 || refs[0].Name != "edge" || refs[0].Namespace != nil || refs[0].SectionName != nil {
+			t.Errorf("parentRefs %+v", refs)
+		}
+	}
+	to := route.Spec.Rules[0].Timeouts
+	if to == nil || *to.Request != "1m30s" || *to.BackendRequest != *to.Request {
+		t.Errorf("timeouts %+v", to)
+	}
+	if p := route.Spec.Rules[0].BackendRefs[0].Port; p == nil || *p != servingv1alpha1.RuntimeHTTPPort {
+		t.Errorf("HTTP backend port %v", p)
+	}
+	if p := grpcRoute.Spec.Rules[0].BackendRefs[0].Port; p == nil || *p != servingv1alpha1.RuntimeGRPCPort {
+		t.Errorf("gRPC backend port %v", p)
+	}
+	match := grpcRoute.Spec.Rules[0].Matches[0].Method
+	// The GRPCRoute CRD's rule for an Exact service.
+	if match == nil || !regexp.MustCompile(`(?i)^\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*$`).MatchString(*match.Service) || match.Method != nil {
+		t.Errorf("gRPC match %+v", match)
+	}
+	if _, ok := objs[0].(*certmanagerv1.Certificate); !ok {
+		t.Errorf("no Certificate in Gateway mode: %T", objs[0])
+	}
+	// Annotations for the controller are still checked: a hostile one is refused in every mode.
+	exposureAnnotations("nginx.ingress.kubernetes.io/server-snippet", "return 200;")(m)
+	_, err = ExposureObjects(m, exposureTestConfig())
+	wantExposureError(t, err, "metadata.annotations[nginx.ingress.kubernetes.io/server-snippet]", "snippets")
+}
+
+func TestExposureBuilderCertificate(t *testing.T) {
+	m := exposureTestModel(func(m *servingv1alpha1.InferenceModel) {
+		m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{IssuerRef: &servingv1alpha1.IssuerReference{Name: "team-ca"}}
+	})
+	objs, err := ExposureObjects(m, exposureTestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := objs[0].(*certmanagerv1.Certificate)
+	// The model's issuer wins over the default, and an empty kind is an Issuer.
+	if cert.Spec.IssuerRef.Name != "team-ca" || cert.Spec.IssuerRef.Kind != "Issuer" || cert.Spec.IssuerRef.Group != "cert-manager.io" {
+		t.Errorf("issuerRef %+v", cert.Spec.IssuerRef)
+	}
+	if cert.Spec.Duration.Duration != 2160*time.Hour || cert.Spec.RenewBefore.Duration != 720*time.Hour {
+		t.Errorf("duration %s renewBefore %s", cert.Spec.Duration, cert.Spec.RenewBefore)
+	}
+	if diff := cmp.Diff([]string{"llama.example.com"}, cert.Spec.DNSNames); diff != "" || cert.Spec.SecretName != "llama-tls" {
+		t.Errorf("dnsNames %v secret %q", cert.Spec.DNSNames, cert.Spec.SecretName)
+	}
+	pk := cert.Spec.PrivateKey
+	if pk == nil || pk.Algorithm != certmanagerv1.ECDSAKeyAlgorithm || pk.Size != 256 || pk.RotationPolicy != certmanagerv1.RotationPolicyAlways {
+		t.Errorf("privateKey %+v", pk)
+	}
+}
+
+func TestExposureBuilderNames(t *testing.T) {
+	m := exposureTestModel()
+	got := []string{ingressName(m), grpcIngressName(m), httpRouteName(m), grpcRouteName(m), certificateName(m), tlsSecretName(m), exposureURL(m)}
+	want := []string{"llama", "llama-grpc", "llama", "llama-grpc", "llama", "llama-tls", "https://llama.example.com/v1"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("names (-want +got):\n%s", diff)
+	}
+	m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{SecretName: "custom"}
+	if tlsSecretName(m) != "custom" {
+		t.Errorf("secret %q", tlsSecretName(m))
+	}
+	if inferenceGRPCService != "helixflow.inference.v1.Inference" {
+		t.Errorf("gRPC service %q", inferenceGRPCService)
+	}
+}
+
+func TestExposureBuilderFormats(t *testing.T) {
+	for _, tc := range []struct {
+		d             time.Duration
+		nginx, gwSpec string
+	}{
+		{10 * time.Minute, "600", "10m"},
+		{90 * time.Second, "90", "1m30s"},
+		{1500 * time.Millisecond, "2", "2s"},
+		{time.Second, "1", "1s"},
+		{time.Hour, "3600", "1h"},
+		{24 * time.Hour, "86400", "24h"},
+		{time.Hour + time.Second, "3601", "1h1s"},
+	} {
+		if got := durationSeconds(tc.d); got != tc.nginx {
+			t.Errorf("durationSeconds(%s) = %q, want %q", tc.d, got, tc.nginx)
+		}
+		if got := gatewayDuration(tc.d); got != tc.gwSpec {
+			t.Errorf("gatewayDuration(%s) = %q, want %q", tc.d, got, tc.gwSpec)
+		}
+	}
+	// The Gateway API CRD's pattern for Duration, over the whole range the config allows.
+	gep2257 := regexp.MustCompile(`^([0-9]{1,5}(h|m|s|ms)){1,4}$`)
+	for d := minStreamTimeout; d <= maxStreamTimeout; d += 997 * time.Second {
+		if s := gatewayDuration(d); !gep2257.MatchString(s) {
+			t.Fatalf("gatewayDuration(%s) = %q does not match GEP-2257", d, s)
+		}
+	}
+	for n, want := range map[int64]string{8 << 20: "8m", 512 << 10: "512k", 1536: "1536", 3 << 30: "3072m", 1: "1"} {
+		if got := nginxSize(n); got != want {
+			t.Errorf("nginxSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// The documented table itself: every key under its dialect's prefix, with a source, no
+// snippets, no duplicates.
+func TestExposureAnnotationTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, a := range nginxAnnotations {
+		id := string(a.Dialect) + " " + a.Key
+		if seen[id] {
+			t.Errorf("%s listed twice", id)
+		}
+		seen[id] = true
+		prefix, doc := "nginx.ingress.kubernetes.io/", ingressNginxAnnotationsDoc
+		if a.Dialect == DialectNginxInc {
+			prefix, doc = "nginx.org/", nginxIncAnnotationsDoc
+		}
+		if !strings.HasPrefix(a.Key, prefix) {
+			t.Errorf("%s: want prefix %s", id, prefix)
+		}
+		if !strings.HasPrefix(a.Doc, doc+"#") || a.Why == "" {
+			t.Errorf("%s: doc %q why %q", id, a.Doc, a.Why)
+		}
+		if strings.Contains(a.Key, "snippet") {
+			t.Errorf("%s: a snippet", id)
+		}
+	}
+}
+
+// validUserAnnotation is a valid value for each allowlisted annotation.
+var validUserAnnotation = map[string]string{
+	"nginx.ingress.kubernetes.io/allowlist-source-range": "10.0.0.0/8",
+	"nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8",
+	"nginx.ingress.kubernetes.io/denylist-source-range":  "192.0.2.0/24",
+	"nginx.ingress.kubernetes.io/limit-burst-multiplier": "3",
+	"nginx.org/policies":              "allow-office",
+	"nginx.org/limit-req-reject-code": "429",
+}
+
+// Every annotation written, with every option on, is in the documented table for its dialect;
+// allowlisted user annotations reach both Ingresses.
+func TestExposureAnnotationsDocumented(t *testing.T) {
+	for _, dialect := range []IngressDialect{DialectIngressNginx, DialectNginxInc} {
+		for _, key := range userAllowlist(dialect) {
+			if _, ok := validUserAnnotation[key]; !ok {
+				t.Fatalf("no test value for allowlisted %s", key)
+			}
+			if key == "nginx.ingress.kubernetes.io/whitelist-source-range" {
+				continue // the same setting as allowlist-source-range: tested alone below
+			}
+			t.Run(string(dialect)+"/"+key, func(t *testing.T) {
+				conns := int32(4)
+				if dialect == DialectNginxInc {
+					conns = 0
+				}
+				m := exposureTestModel(exposureRateLimit(9, conns), exposureAnnotations(key, validUserAnnotation[key]))
+				cfg := exposureTestConfig(exposureDialect(dialect))
+				objs, err := ExposureObjects(m, cfg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkExposureObjects(t, m, cfg, objs)
+				for _, o := range objs[1:] {
+					if got := o.GetAnnotations()[key]; got != validUserAnnotation[key] {
+						t.Errorf("%s: %s = %q, want %q", o.GetName(), key, got, validUserAnnotation[key])
+					}
+				}
+			})
+		}
+	}
+	m := exposureTestModel(exposureAnnotations("nginx.ingress.kubernetes.io/whitelist-source-range", "10.1.0.0/16"))
+	objs, err := ExposureObjects(m, exposureTestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkExposureObjects(t, m, exposureTestConfig(), objs)
+}
+
+// Allowlisted values are parsed and written back from the parsed form.
+func TestExposureAnnotationValuesFormattedAgain(t *testing.T) {
+	for _, tc := range []struct {
+		dialect   IngressDialect
+		key, in   string
+		wantValue string
+	}{
+		{DialectIngressNginx, "nginx.ingress.kubernetes.io/allowlist-source-range", " 10.0.0.1/8 , 2001:db8::1/32,192.0.2.7", "10.0.0.0/8,2001:db8::/32,192.0.2.7"},
+		{DialectIngressNginx, "nginx.ingress.kubernetes.io/denylist-source-range", "::ffff:192.0.2.1", "::ffff:192.0.2.1"},
+		{DialectIngressNginx, "nginx.ingress.kubernetes.io/limit-burst-multiplier", "007", "7"},
+		{DialectNginxInc, "nginx.org/policies", " rate-limit , infra/allow-office", "rate-limit,infra/allow-office"},
+		{DialectNginxInc, "nginx.org/limit-req-reject-code", "503", "503"},
+	} {
+		m := exposureTestModel(exposureAnnotations(tc.key, tc.in, "kubectl.kubernetes.io/last-applied-configuration", "{}"))
+		objs, err := ExposureObjects(m, exposureTestConfig(exposureDialect(tc.dialect)))
+		if err != nil {
+			t.Errorf("%s=%q: %v", tc.key, tc.in, err)
+			continue
+		}
+		for _, o := range objs[1:] {
+			a := o.GetAnnotations()
+			if a[tc.key] != tc.wantValue {
+				t.Errorf("%s=%q: %s has %q, want %q", tc.key, tc.in, o.GetName(), a[tc.key], tc.wantValue)
+			}
+			if _, copied := a["kubectl.kubernetes.io/last-applied-configuration"]; copied {
+				t.Errorf("%s: an annotation not for the controller was copied", o.GetName())
+			}
+		}
+	}
+}
+
+func wantExposureError(t *testing.T, err error, field, substr string) {
+	t.Helper()
+	var xe *ExposureError
+	if !errors.As(err, &xe) {
+		t.Errorf("got %v, want an *ExposureError for %s", err, field)
+		return
+	}
+	if xe.Field != field {
+		t.Errorf("field %q, want %q (%s)", xe.Field, field, xe.Message)
+	}
+	name := field
+	if inner, ok := strings.CutPrefix(field, "metadata.annotations["); ok {
+		name = strings.TrimSuffix(inner, "]") // annotation errors name the annotation itself
+	}
+	if !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), substr) {
+		t.Errorf("message %q: want it to name %s and say %q", err.Error(), name, substr)
+	}
+}
+
+// Hostile or unknown annotations aimed at the Ingress controller are refused with an error
+// that names them; nothing is built.
+func TestExposureAnnotationsHostile(t *testing.T) {
+	const ingx, f5 = "nginx.ingress.kubernetes.io/", "nginx.org/"
+	cidrs := make([]string, 65)
+	for i := range cidrs {
+		cidrs[i] = fmt.Sprintf("10.0.%d.0/24", i)
+	}
+	for _, tc := range []struct {
+		dialect    IngressDialect
+		key, value string
+		want       string
+	}{
+		// Snippets, in every spelling and on either controller.
+		{DialectIngressNginx, ingx + "configuration-snippet", `more_set_headers "X: y";`, "snippets can inject nginx configuration"},
+		{DialectIngressNginx, ingx + "server-snippet", "return 200;", "snippets"},
+		{DialectIngressNginx, ingx + "auth-snippet", "x", "snippets"},
+		{DialectIngressNginx, ingx + "stream-snippet", "x", "snippets"},
+		{DialectIngressNginx, ingx + "modsecurity-snippet", "x", "snippets"},
+		{DialectIngressNginx, ingx + "Configuration-Snippet", "x", "snippets"},
+		{DialectNginxInc, f5 + "server-snippets", "x", "snippets"},
+		{DialectNginxInc, f5 + "location-snippets", "x", "snippets"},
+		{DialectIngressNginx, f5 + "location-snippets", "x", "snippets"},
+		// Not on the allowlist.
+		{DialectIngressNginx, ingx + "rewrite-target", "/", "not allowed on an InferenceModel"},
+		{DialectIngressNginx, ingx + "auth-url", "http://evil.example", "not allowed on an InferenceModel"},
+		{DialectIngressNginx, ingx + "permanent-redirect", "https://evil.example", "not allowed on an InferenceModel"},
+		{DialectNginxInc, f5 + "rewrites", "serviceName=llama rewrite=/", "not allowed on an InferenceModel"},
+		{DialectNginxInc, "nginx.com/jwt-key", "secret", "not allowed on an InferenceModel"},
+		// Set by HelixFlow: a user cannot override the stream settings.
+		{DialectIngressNginx, ingx + "proxy-read-timeout", "5", "HelixFlow sets it"},
+		{DialectIngressNginx, ingx + "proxy-buffering", "on", "HelixFlow sets it"},
+		{DialectNginxInc, f5 + "grpc-services", "other", "HelixFlow sets it"},
+		// For the other controller.
+		{DialectIngressNginx, f5 + "policies", "allow-office", "read by the nginx-inc controller"},
+		{DialectNginxInc, ingx + "allowlist-source-range", "10.0.0.0/8", "read by the ingress-nginx controller"},
+		// Allowlisted, with values that are not what they claim or could break out of nginx syntax.
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8\ndeny all", "newlines"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8\r", "newlines"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8\t", "control characters"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8; allow all", `';'`},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8 } server {", `'}'`},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "{", `'{'`},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "$remote_addr", `'$'`},
+		{DialectIngressNginx, ingx + "allowlist-source-range", `10.0.0.0/8"`, `'"'`},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8 # comment", `'#'`},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/８", "printable ASCII"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", strings.Repeat("1", 2000), "at most 1024"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", strings.Join(cidrs, ","), "at most 64"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "not-an-ip", "not an IP address or CIDR"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/33", "not a CIDR"},
+		{DialectIngressNginx, ingx + "allowlist-source-range", "10.0.0.0/8,,192.0.2.1", `"" is not an IP`},
+		{DialectIngressNginx, ingx + "denylist-source-range", "fe80::1%eth0", "not an IP address"},
+		{DialectIngressNginx, ingx + "limit-burst-multiplier", "5.5", "not a number"},
+		{DialectIngressNginx, ingx + "limit-burst-multiplier", "+5", "not a number"},
+		{DialectIngressNginx, ingx + "limit-burst-multiplier", " 5", "not a number"},
+		{DialectIngressNginx, ingx + "limit-burst-multiplier", "0", "out of range"},
+		{DialectIngressNginx, ingx + "limit-burst-multiplier", "101", "out of range"},
+		{DialectIngressNginx, ingx + "limit-burst-multiplier", "99999999999999999999", "not a number"},
+		{DialectNginxInc, f5 + "policies", "a/b/c", "not a Policy name"},
+		{DialectNginxInc, f5 + "policies", "Bad_Name", "not a Policy name"},
+		{DialectNginxInc, f5 + "policies", "ok,", `"" is not a Policy name`},
+		{DialectNginxInc, f5 + "limit-req-reject-code", "200", "out of range"},
+	} {
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			m := exposureTestModel(exposureAnnotations(tc.key, tc.value))
+			objs, err := ExposureObjects(m, exposureTestConfig(exposureDialect(tc.dialect)))
+			if objs != nil {
+				t.Errorf("objects built for a refused spec: %d", len(objs))
+			}
+			wantExposureError(t, err, "metadata.annotations["+tc.key+"]", tc.want)
+		})
+	}
+
+	// The old and new name of the allowlist together are ambiguous.
+	m := exposureTestModel(exposureAnnotations(
+		ingx+"allowlist-source-range", "10.0.0.0/8", ingx+"whitelist-source-range", "192.0.2.0/24"))
+	_, err := ExposureObjects(m, exposureTestConfig())
+	wantExposureError(t, err, "metadata.annotations["+ingx+"whitelist-source-range]", "set only one")
+}
+
+// The CRD validates these already; the builder refuses them too (defence in depth).
+func TestExposureBuilderRefusesBadFields(t *testing.T) {
+	long := strings.Repeat("a", 64)
+	for _, tc := range []struct {
+		name   string
+		mutate func(*servingv1alpha1.InferenceModel)
+		cfg    ExposureConfig
+		field  string
+	}{
+		{"host newline", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "llama.example.com\nserver_name evil" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host space", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "llama.example.com evil.example" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host semicolon", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "llama.example.com;" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host brace", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "{llama}.example.com" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host uppercase", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "Llama.example.com" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host one label", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "llama" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host wildcard", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "*.example.com" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host long label", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = long + ".example.com" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"host too long", func(m *servingv1alpha1.InferenceModel) {
+			m.Spec.Endpoint.Host = strings.Repeat(strings.Repeat("a", 60)+".", 4) + "example.com"
+		}, exposureTestConfig(), "spec.endpoint.host"},
+		{"host empty", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "" }, exposureTestConfig(), "spec.endpoint.host"},
+		{"class", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.IngressClassName = "nginx;x" }, exposureTestConfig(), "spec.endpoint.ingressClassName"},
+		{"gateway and class", func(m *servingv1alpha1.InferenceModel) {
+			m.Spec.Endpoint.IngressClassName = "nginx"
+			exposureGateway("edge", "", "")(m)
+		}, exposureTestConfig(), "spec.endpoint.gatewayRef"},
+		{"gateway name", exposureGateway("edge gw", "", ""), exposureTestConfig(), "spec.endpoint.gatewayRef.name"},
+		{"gateway namespace", exposureGateway("edge", "a.b", ""), exposureTestConfig(), "spec.endpoint.gatewayRef.namespace"},
+		{"gateway section", exposureGateway("edge", "", "https\n"), exposureTestConfig(), "spec.endpoint.gatewayRef.sectionName"},
+		{"secret", func(m *servingv1alpha1.InferenceModel) {
+			m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{SecretName: "../x"}
+		}, exposureTestConfig(), "spec.endpoint.tls.secretName"},
+		{"issuer kind", func(m *servingv1alpha1.InferenceModel) {
+			m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{IssuerRef: &servingv1alpha1.IssuerReference{Name: "ca", Kind: "Vault"}}
+		}, exposureTestConfig(), "spec.endpoint.tls.issuerRef.kind"},
+		{"issuer name", func(m *servingv1alpha1.InferenceModel) {
+			m.Spec.Endpoint.TLS = &servingv1alpha1.EndpointTLS{IssuerRef: &servingv1alpha1.IssuerReference{Name: "ca}"}}
+		}, exposureTestConfig(), "spec.endpoint.tls.issuerRef.name"},
+		{"rate", exposureRateLimit(-1, 0), exposureTestConfig(), "spec.endpoint.rateLimit.requestsPerSecond"},
+		{"rate through a Gateway", func(m *servingv1alpha1.InferenceModel) {
+			exposureGateway("edge", "", "")(m)
+			exposureRateLimit(10, 0)(m)
+		}, exposureTestConfig(), "spec.endpoint.rateLimit"},
+		{"model name", func(m *servingv1alpha1.InferenceModel) { m.Name = "Llama" }, exposureTestConfig(), "metadata.name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := exposureTestModel(tc.mutate)
+			objs, err := ExposureObjects(m, tc.cfg)
+			if objs != nil {
+				t.Errorf("objects built for a refused spec")
+			}
+			wantExposureError(t, err, tc.field, "")
+		})
+	}
+}
+
+func TestExposureBuilderConfig(t *testing.T) {
+	def := DefaultExposureConfig()
+	if def.DefaultIngressClass != "nginx" || def.Dialect != DialectIngressNginx || def.DefaultIssuer != nil ||
+		def.StreamTimeout != 10*time.Minute || def.MaxBodyBytes != 8<<20 || def.CertDuration != 2160*time.Hour || def.CertRenewBefore != 720*time.Hour {
+		t.Errorf("defaults %+v", def)
+	}
+	if err := def.Validate(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+	// Zero values take the defaults, so a Config built by hand still exposes models.
+	m := exposureTestModel()
+	objs, err := ExposureObjects(m, ExposureConfig{})
+	if err != nil || len(objs) != 2 || objs[0].(*networkingv1.Ingress).Annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] != "600" {
+		t.Errorf("zero config: %v, %v", objs, err)
+	}
+	for name, mutate := range map[string]func(*ExposureConfig){
+		"dialect":            func(c *ExposureConfig) { c.Dialect = "traefik" },
+		"class":              func(c *ExposureConfig) { c.DefaultIngressClass = "Bad Class" },
+		"negative timeout":   func(c *ExposureConfig) { c.StreamTimeout = -time.Second },
+		"long timeout":       func(c *ExposureConfig) { c.StreamTimeout = 25 * time.Hour },
+		"short timeout":      func(c *ExposureConfig) { c.StreamTimeout = time.Millisecond },
+		"negative body":      func(c *ExposureConfig) { c.MaxBodyBytes = -1 },
+		"huge body":          func(c *ExposureConfig) { c.MaxBodyBytes = 2 << 30 },
+		"short certificate":  func(c *ExposureConfig) { c.CertDuration = 30 * time.Minute },
+		"renew after expiry": func(c *ExposureConfig) { c.CertRenewBefore = c.CertDuration },
+		"renew too late":     func(c *ExposureConfig) { c.CertRenewBefore = time.Minute },
+		"issuer kind":        func(c *ExposureConfig) { c.DefaultIssuer = &servingv1alpha1.IssuerReference{Name: "ca", Kind: "Vault"} },
+		"issuer name":        func(c *ExposureConfig) { c.DefaultIssuer = &servingv1alpha1.IssuerReference{Name: ""} },
+	} {
+		cfg := exposureTestConfig(mutate)
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted %+v", name, cfg)
+		}
+		_, err := ExposureObjects(m, cfg)
+		var xe *ExposureError
+		if err == nil || errors.As(err, &xe) {
+			t.Errorf("%s: ExposureObjects: %v, want a configuration error", name, err)
+		}
+	}
+}
