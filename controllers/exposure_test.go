@@ -110,6 +110,23 @@ func TestExposureIngressCertificateAndGateway(t *testing.T) {
 	}
 	waitCondition(t, model, servingv1alpha1.ConditionReady, metav1.ConditionFalse, "Failed")
 
+	// A new host moves the Ingresses, the certificate and the URL with it.
+	patchModel(t, ns, "chat", func(m *servingv1alpha1.InferenceModel) { m.Spec.Endpoint.Host = "chat2.example.com" })
+	eventually(t, "host moved", func() error {
+		if err := errors.Join(get(ing, ns, "chat"), get(grpcIng, ns, "chat-grpc"), get(cert, ns, "chat")); err != nil {
+			return err
+		}
+		if ing.Spec.Rules[0].Host != "chat2.example.com" || grpcIng.Spec.Rules[0].Host != "chat2.example.com" ||
+			ing.Spec.TLS[0].Hosts[0] != "chat2.example.com" || cert.Spec.DNSNames[0] != "chat2.example.com" {
+			return fmt.Errorf("hosts %s, %s, tls %v, dns %v", ing.Spec.Rules[0].Host, grpcIng.Spec.Rules[0].Host, ing.Spec.TLS, cert.Spec.DNSNames)
+		}
+		return nil
+	})
+	got = waitCondition(t, model, servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonIngressAdmitted)
+	if got.Status.URL != "https://chat2.example.com/v1" {
+		t.Errorf("url after the host change %q", got.Status.URL)
+	}
+
 	// Switching to a Gateway moves everything: routes instead of Ingresses.
 	patchModel(t, ns, "chat", func(m *servingv1alpha1.InferenceModel) {
 		m.Spec.Endpoint.GatewayRef = &servingv1alpha1.GatewayReference{Name: "edge", Namespace: "infra"}
