@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -74,8 +73,7 @@ var errNotReady = &Failure{Status: http.StatusServiceUnavailable, Type: apierror
 // writeHTTP sends f as an OpenAI error body.
 func (f *Failure) writeHTTP(w http.ResponseWriter) {
 	if f.RetryAfter > 0 {
-		// Whole seconds, rounded up: a client that waits that long gets through.
-		w.Header().Set("Retry-After", strconv.Itoa(int((f.RetryAfter+time.Second-1)/time.Second)))
+		w.Header().Set("Retry-After", retryAfterHeader(f.RetryAfter))
 	}
 	apierror.Write(w, f.Status, f.Type, f.Code, f.Message)
 }
