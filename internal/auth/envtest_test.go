@@ -1,9 +1,7 @@
 package auth
 
 import (
-	"fmt"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,36 +12,14 @@ import (
 	"github.com/helixflow/helixflow/test/testenv"
 )
 
-// The API server is started on first use rather than in TestMain, so unit tests, benchmarks
-// and fuzz workers (which run TestMain too) never pay for it.
-var (
-	envOnce sync.Once
-	env     *testenv.Env
-	envErr  error
-)
+// The API server is started on first use (testenv.Lazy): unit tests, benchmarks and fuzz
+// workers never pay for it.
+var lazyEnv testenv.Lazy
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if env != nil {
-		if err := env.Stop(); err != nil {
-			fmt.Fprintf(os.Stderr, "testenv: stopping: %v\n", err)
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(lazyEnv.RunTests(m)) }
 
 // startEnv returns the shared API server, starting it on first use.
-func startEnv(t *testing.T) *testenv.Env {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real API server (envtest)")
-	}
-	envOnce.Do(func() { env, envErr = testenv.Start() })
-	if envErr != nil {
-		t.Fatalf("starting envtest: %v", envErr)
-	}
-	return env
-}
+func startEnv(t *testing.T) *testenv.Env { t.Helper(); return lazyEnv.Get(t) }
 
 // newNamespace creates a namespace of its own for a test.
 func newNamespace(t *testing.T, e *testenv.Env, prefix string) string {

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -206,4 +207,37 @@ func moduleDir(root, module string) (string, error) {
 		return "", fmt.Errorf("locating module %s: go mod download reported no folder", module)
 	}
 	return info.Dir, nil
+}
+
+// Lazy is an environment started on first use, for packages whose unit tests, benchmarks and
+// fuzz workers (which run TestMain too) should not pay for an API server they do not use.
+type Lazy struct {
+	once sync.Once
+	env  *Env
+	err  error
+}
+
+// Get returns the environment, starting it on first use; it skips the test with -short.
+func (l *Lazy) Get(t testing.TB) *Env {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a real API server (envtest)")
+	}
+	l.once.Do(func() { l.env, l.err = Start() })
+	if l.err != nil {
+		t.Fatalf("starting envtest: %v", l.err)
+	}
+	return l.env
+}
+
+// RunTests is the body of a TestMain: it runs the tests, then stops the environment if a
+// test started it, and returns the exit code for os.Exit.
+func (l *Lazy) RunTests(m *testing.M) int {
+	code := m.Run()
+	if l.env != nil {
+		if err := l.env.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "testenv: stopping: %v\n", err)
+		}
+	}
+	return code
 }
