@@ -119,8 +119,10 @@ func (r *InferenceModelReconciler) reconcileExposure(ctx context.Context, m *ser
 	desired, buildErr := ExposureObjects(m, r.Config.Exposure)
 	if buildErr != nil {
 		// Nothing is written for a spec that cannot be exposed safely; what exists stays.
-		c := condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonInvalidEndpoint, buildErr.Error(), m.Generation)
-		return exposure{exposed: c, tls: c}, nil
+		return exposure{
+			exposed: exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonInvalidEndpoint, buildErr.Error()),
+			tls:     tlsCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonInvalidEndpoint, buildErr.Error()),
+		}, nil
 	}
 	var ex exposure
 	missing := map[schema.GroupKind]bool{}
@@ -188,13 +190,12 @@ func (r *InferenceModelReconciler) pruneExposure(ctx context.Context, m *serving
 // exposureConditions is pure: Exposed and TLSReady from the applied objects (as the server
 // returned them, status included).
 func exposureConditions(m *servingv1alpha1.InferenceModel, applied []client.Object, missing map[schema.GroupKind]bool, hasIssuer bool) exposure {
-	gen := m.Generation
 	ep := m.Spec.Endpoint
 	var ex exposure
 	switch {
 	case ep.GatewayRef != nil && (missing[httpRouteGK] || missing[grpcRouteGK]):
-		ex.exposed = condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonGatewayAPINotInstalled,
-			"spec.endpoint.gatewayRef is set but the Gateway API CRDs (HTTPRoute, GRPCRoute) are not installed", gen)
+		ex.exposed = exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonGatewayAPINotInstalled,
+			"spec.endpoint.gatewayRef is set but the Gateway API CRDs (HTTPRoute, GRPCRoute) are not installed")
 	case ep.GatewayRef != nil:
 		ex.exposed = routeCondition(m, applied)
 	default:
@@ -202,11 +203,11 @@ func exposureConditions(m *servingv1alpha1.InferenceModel, applied []client.Obje
 	}
 	switch {
 	case !hasIssuer:
-		ex.tls = condition(servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonNoIssuer,
-			"no certificate issuer: set spec.endpoint.tls.issuerRef or the manager's --default-issuer", gen)
+		ex.tls = tlsCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonNoIssuer,
+			"no certificate issuer: set spec.endpoint.tls.issuerRef or the manager's --default-issuer")
 	case missing[certificateGK]:
-		ex.tls = condition(servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonCertManagerNotInstalled,
-			"cert-manager's CRDs are not installed: install cert-manager; the model is picked up without a restart", gen)
+		ex.tls = tlsCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonCertManagerNotInstalled,
+			"cert-manager's CRDs are not installed: install cert-manager; the model is picked up without a restart")
 	default:
 		ex.tls = certificateCondition(m, applied)
 	}
@@ -216,8 +217,17 @@ func exposureConditions(m *servingv1alpha1.InferenceModel, applied []client.Obje
 	return ex
 }
 
-func condition(typ string, status metav1.ConditionStatus, reason, msg string, gen int64) *metav1.Condition {
-	return &metav1.Condition{Type: typ, Status: status, Reason: reason, Message: truncate(msg, 32768), ObservedGeneration: gen}
+// exposedCond and tlsCond build the two conditions exposure reports on m.
+func exposedCond(m *servingv1alpha1.InferenceModel, status metav1.ConditionStatus, reason, msg string) *metav1.Condition {
+	return modelCondition(m, servingv1alpha1.InferenceModelConditionExposed, status, reason, msg)
+}
+
+func tlsCond(m *servingv1alpha1.InferenceModel, status metav1.ConditionStatus, reason, msg string) *metav1.Condition {
+	return modelCondition(m, servingv1alpha1.InferenceModelConditionTLSReady, status, reason, msg)
+}
+
+func modelCondition(m *servingv1alpha1.InferenceModel, typ string, status metav1.ConditionStatus, reason, msg string) *metav1.Condition {
+	return &metav1.Condition{Type: typ, Status: status, Reason: reason, Message: truncate(msg, 32768), ObservedGeneration: m.Generation}
 }
 
 // ingressCondition: the Ingress is admitted once its controller publishes an address.
@@ -232,17 +242,17 @@ func ingressCondition(m *servingv1alpha1.InferenceModel, applied []client.Object
 			addrs = append(addrs, lb.IP+lb.Hostname)
 		}
 		if len(addrs) > 0 {
-			return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonIngressAdmitted,
-				fmt.Sprintf("Ingress %s admitted at %s", ing.Name, strings.Join(addrs, ", ")), m.Generation)
+			return exposedCond(m, metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonIngressAdmitted,
+				fmt.Sprintf("Ingress %s admitted at %s", ing.Name, strings.Join(addrs, ", ")))
 		}
 		class := ""
 		if ing.Spec.IngressClassName != nil {
 			class = *ing.Spec.IngressClassName
 		}
-		return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonIngressPending,
-			fmt.Sprintf("Ingress %s has no address yet: is an Ingress controller of class %q running?", ing.Name, class), m.Generation)
+		return exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonIngressPending,
+			fmt.Sprintf("Ingress %s has no address yet: is an Ingress controller of class %q running?", ing.Name, class))
 	}
-	return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonIngressPending, "no Ingress", m.Generation)
+	return exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonIngressPending, "no Ingress")
 }
 
 // routeCondition reads the HTTPRoute's Accepted condition from its parent (the Gateway).
@@ -258,17 +268,17 @@ func routeCondition(m *servingv1alpha1.InferenceModel, applied []client.Object) 
 			}
 			if c := meta.FindStatusCondition(p.Conditions, string(gatewayv1.RouteConditionAccepted)); c != nil {
 				if c.Status == metav1.ConditionTrue {
-					return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonRouteAccepted,
-						fmt.Sprintf("HTTPRoute %s accepted by Gateway %s", route.Name, p.ParentRef.Name), m.Generation)
+					return exposedCond(m, metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonRouteAccepted,
+						fmt.Sprintf("HTTPRoute %s accepted by Gateway %s", route.Name, p.ParentRef.Name))
 				}
-				return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonRouteNotAccepted,
-					fmt.Sprintf("Gateway %s did not accept HTTPRoute %s: %s: %s", p.ParentRef.Name, route.Name, c.Reason, c.Message), m.Generation)
+				return exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonRouteNotAccepted,
+					fmt.Sprintf("Gateway %s did not accept HTTPRoute %s: %s: %s", p.ParentRef.Name, route.Name, c.Reason, c.Message))
 			}
 		}
-		return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonRoutePending,
-			fmt.Sprintf("Gateway %s has not processed HTTPRoute %s yet", m.Spec.Endpoint.GatewayRef.Name, route.Name), m.Generation)
+		return exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonRoutePending,
+			fmt.Sprintf("Gateway %s has not processed HTTPRoute %s yet", m.Spec.Endpoint.GatewayRef.Name, route.Name))
 	}
-	return condition(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonRoutePending, "no HTTPRoute", m.Generation)
+	return exposedCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonRoutePending, "no HTTPRoute")
 }
 
 // certificateCondition mirrors the Certificate's Ready condition, reason and message.
@@ -282,13 +292,13 @@ func certificateCondition(m *servingv1alpha1.InferenceModel, applied []client.Ob
 			if c.Type != certmanagerv1.CertificateConditionReady {
 				continue
 			}
-			return condition(servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionStatus(c.Status), nonEmpty(c.Reason, "CertificateNotReady"),
-				fmt.Sprintf("Certificate %s: %s", cert.Name, c.Message), m.Generation)
+			return tlsCond(m, metav1.ConditionStatus(c.Status), nonEmpty(c.Reason, "CertificateNotReady"),
+				fmt.Sprintf("Certificate %s: %s", cert.Name, c.Message))
 		}
-		return condition(servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonCertificatePending,
-			fmt.Sprintf("Certificate %s not processed by cert-manager yet", cert.Name), m.Generation)
+		return tlsCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonCertificatePending,
+			fmt.Sprintf("Certificate %s not processed by cert-manager yet", cert.Name))
 	}
-	return condition(servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonCertificatePending, "no Certificate", m.Generation)
+	return tlsCond(m, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonCertificatePending, "no Certificate")
 }
 
 func nonEmpty(s, fallback string) string {

@@ -91,17 +91,12 @@ func (r *InferenceModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 // conditions (removed without an endpoint), the public URL, and Ready held back until the
 // model is reachable where spec.endpoint says.
 func setExposureStatus(st *servingv1alpha1.InferenceModelStatus, m *servingv1alpha1.InferenceModel, ex exposure) {
-	for _, c := range []struct {
-		typ  string
-		cond *metav1.Condition
-	}{{servingv1alpha1.InferenceModelConditionExposed, ex.exposed}, {servingv1alpha1.InferenceModelConditionTLSReady, ex.tls}} {
-		if c.cond == nil {
-			meta.RemoveStatusCondition(&st.Conditions, c.typ)
-			continue
-		}
-		cond := *c.cond
-		cond.Type = c.typ
-		meta.SetStatusCondition(&st.Conditions, cond)
+	if ex.exposed == nil {
+		meta.RemoveStatusCondition(&st.Conditions, servingv1alpha1.InferenceModelConditionExposed)
+		meta.RemoveStatusCondition(&st.Conditions, servingv1alpha1.InferenceModelConditionTLSReady)
+	} else {
+		meta.SetStatusCondition(&st.Conditions, *ex.exposed)
+		meta.SetStatusCondition(&st.Conditions, *ex.tls)
 	}
 	if ex.url != "" {
 		st.URL = ex.url
