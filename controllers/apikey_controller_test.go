@@ -72,15 +72,7 @@ func secretKey(t *testing.T, ns, name string) string {
 
 func patchApiKey(t *testing.T, ns, name string, mutate func(*servingv1alpha1.ApiKey)) {
 	t.Helper()
-	ak := &servingv1alpha1.ApiKey{}
-	if err := get(ak, ns, name); err != nil {
-		t.Fatal(err)
-	}
-	before := ak.DeepCopy()
-	mutate(ak)
-	if err := env.Client.Patch(context.Background(), ak, client.MergeFrom(before)); err != nil {
-		t.Fatal(err)
-	}
+	patchObject(t, &servingv1alpha1.ApiKey{}, ns, name, mutate)
 }
 
 // eventReasons lists the reasons of the Events recorded about an object.

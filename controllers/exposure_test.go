@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -105,7 +106,7 @@ func TestExposureIngressCertificateAndGateway(t *testing.T) {
 	// A failed renewal is mirrored with cert-manager's message and takes Ready away.
 	setCertReady(cmmeta.ConditionFalse, "Failed", "renewal failed: ACME order rejected")
 	got = waitCondition(t, model, servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionFalse, "Failed")
-	if c := findCond(got, servingv1alpha1.InferenceModelConditionTLSReady); c == nil || c.Message != "Certificate chat: renewal failed: ACME order rejected" {
+	if c := meta.FindStatusCondition(got.Status.Conditions, servingv1alpha1.InferenceModelConditionTLSReady); c == nil || c.Message != "Certificate chat: renewal failed: ACME order rejected" {
 		t.Errorf("TLSReady message %+v", c)
 	}
 	waitCondition(t, model, servingv1alpha1.ConditionReady, metav1.ConditionFalse, "Failed")
@@ -152,7 +153,7 @@ func TestExposureIngressCertificateAndGateway(t *testing.T) {
 		if err := get(m, ns, "chat"); err != nil {
 			return err
 		}
-		if findCond(m, servingv1alpha1.InferenceModelConditionExposed) != nil || findCond(m, servingv1alpha1.InferenceModelConditionTLSReady) != nil {
+		if meta.FindStatusCondition(m.Status.Conditions, servingv1alpha1.InferenceModelConditionExposed) != nil || meta.FindStatusCondition(m.Status.Conditions, servingv1alpha1.InferenceModelConditionTLSReady) != nil {
 			return fmt.Errorf("conditions %v", m.Status.Conditions)
 		}
 		if m.Status.URL != "http://chat."+ns+".svc.cluster.local:8080/v1" {
@@ -217,24 +218,7 @@ func TestExposureWithoutCertManager(t *testing.T) {
 	waitCondition(t, model, servingv1alpha1.InferenceModelConditionTLSReady, metav1.ConditionTrue, "Ready")
 }
 
-func findCond(m *servingv1alpha1.InferenceModel, typ string) *metav1.Condition {
-	for i := range m.Status.Conditions {
-		if m.Status.Conditions[i].Type == typ {
-			return &m.Status.Conditions[i]
-		}
-	}
-	return nil
-}
-
 func patchModel(t *testing.T, ns, name string, mutate func(*servingv1alpha1.InferenceModel)) {
 	t.Helper()
-	m := &servingv1alpha1.InferenceModel{}
-	if err := get(m, ns, name); err != nil {
-		t.Fatal(err)
-	}
-	before := m.DeepCopy()
-	mutate(m)
-	if err := env.Client.Patch(context.Background(), m, client.MergeFrom(before)); err != nil {
-		t.Fatal(err)
-	}
+	patchObject(t, &servingv1alpha1.InferenceModel{}, ns, name, mutate)
 }

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -111,7 +112,7 @@ func TestJWKSPublishedWhereModelsAreAndFollowsRotation(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if len(kids) < 2 || !contains(kids, first[0]) {
+		if len(kids) < 2 || !slices.Contains(kids, first[0]) {
 			return fmt.Errorf("published %v, want the new key beside %s", kids, first[0])
 		}
 		return nil
@@ -134,13 +135,4 @@ func TestJWKSPublishedWhereModelsAreAndFollowsRotation(t *testing.T) {
 		}
 		return nil
 	})
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

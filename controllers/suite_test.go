@@ -146,3 +146,16 @@ func eventually(t *testing.T, what string, cond func() error) {
 func get(obj client.Object, ns, name string) error {
 	return env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, obj)
 }
+
+// patchObject reads name into obj, applies mutate and merge-patches the difference.
+func patchObject[T client.Object](t *testing.T, obj T, ns, name string, mutate func(T)) {
+	t.Helper()
+	if err := get(obj, ns, name); err != nil {
+		t.Fatal(err)
+	}
+	before := obj.DeepCopyObject().(client.Object)
+	mutate(obj)
+	if err := env.Client.Patch(context.Background(), obj, client.MergeFrom(before)); err != nil {
+		t.Fatal(err)
+	}
+}
