@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -69,18 +70,24 @@ func startManager(t *testing.T, cfg controllers.Config) (stop func()) {
 	opts.Namespace = cfg.Namespace
 	opts.SkipControllerNameValidation = true
 	opts.Setup = []func(ctrl.Manager) error{func(mgr ctrl.Manager) error { return controllers.Setup(mgr, cfg) }}
+	return background(t, "manager", func(ctx context.Context) error { return manager.Run(ctx, env.Config, opts) })
+}
+
+// background runs run until the returned stop (or the end of the test) cancels it, and
+// reports its error.
+func background(t *testing.T, what string, run func(context.Context) error) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- manager.Run(ctx, env.Config, opts) }()
-	stopped := false
+	go func() { done <- run(ctx) }()
+	var once sync.Once
 	stop = func() {
-		if !stopped {
-			stopped = true
+		once.Do(func() {
 			cancel()
 			if err := <-done; err != nil {
-				t.Errorf("manager: %v", err)
+				t.Errorf("%s: %v", what, err)
 			}
-		}
+		})
 	}
 	t.Cleanup(stop)
 	return stop
@@ -103,20 +110,7 @@ func startRuntime(t *testing.T, ns, model, engineURL string, tune func(*serve.Op
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	stopped := false
-	stop = func() {
-		if !stopped {
-			stopped = true
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("runtime: %v", err)
-			}
-		}
-	}
-	t.Cleanup(stop)
+	stop = background(t, "runtime", s.Run)
 	url = "http://" + addr
 	if err := testenv.WaitHTTP200(context.Background(), url+"/readyz", 30*time.Second); err != nil {
 		t.Fatalf("runtime not ready: %v", err)
