@@ -194,9 +194,8 @@ type sdkError struct {
 type sdkResult struct {
 	Models []string `json:"models"`
 	Chat   struct {
-		Content string        `json:"content"`
-		Usage   serve.Usage   `json:"usage"`
-		_       []interface{} `json:"-"`
+		Content string      `json:"content"`
+		Usage   serve.Usage `json:"usage"`
 	} `json:"chat"`
 	Stream struct {
 		Content      string `json:"content"`
