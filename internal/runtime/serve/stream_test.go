@@ -31,7 +31,12 @@ func TestStreamIsNotBuffered(t *testing.T) {
 			seen = append(seen, time.Now())
 		}
 	}
-	streams := r.engine.Streams()
+	// The engine records a stream once its handler returns, which may be just after the
+	// client has read the end.
+	var streams []testengine.StreamRecord
+	for deadline := time.Now().Add(5 * time.Second); len(streams) == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		streams = r.engine.Streams()
+	}
 	if len(streams) != 1 {
 		t.Fatalf("engine streams %d", len(streams))
 	}
