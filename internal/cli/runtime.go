@@ -1,10 +1,7 @@
-// Package cli defines the command tree of the runtime binary. Each subcommand's flags are
-// declared here so `runtime <cmd> --help` documents the contract even before the subcommand
-// is implemented; an unimplemented subcommand says so and exits non-zero.
+// Package cli defines the command tree of the runtime binary: serve, probe and fetch.
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,14 +12,10 @@ import (
 	"github.com/helixflow/helixflow/internal/probe"
 )
 
-// ErrNotImplemented is returned by subcommands whose issue has not landed yet.
-var ErrNotImplemented = errors.New("not implemented yet")
-
 // Exit codes of the runtime binary.
 const (
-	ExitOK             = 0
-	ExitError          = 1
-	ExitNotImplemented = 3
+	ExitOK    = 0
+	ExitError = 1
 )
 
 // Execute runs the runtime command line and returns the process exit code.
@@ -33,16 +26,11 @@ func Execute(args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.Execute()
-	switch {
-	case err == nil:
-		return ExitOK
-	case errors.Is(err, ErrNotImplemented):
-		fmt.Fprintf(stderr, "runtime: %v\n", err)
-		return ExitNotImplemented
-	default:
+	if err != nil {
 		fmt.Fprintf(stderr, "runtime: %v\n", err)
 		return ExitError
 	}
+	return ExitOK
 }
 
 // NewRootCommand returns the `runtime` command with its subcommands.
@@ -64,11 +52,6 @@ func NewRootCommand() *cobra.Command {
 	return root
 }
 
-func notImplemented(name, issue string) func(*cobra.Command, []string) error {
-	return func(*cobra.Command, []string) error {
-		return fmt.Errorf("%s: %w (tracked by the %s issue)", name, ErrNotImplemented, issue)
-	}
-}
 
 func newProbeCommand() *cobra.Command {
 	opts := probeOptions{}
@@ -91,16 +74,3 @@ NVMLUnavailable and keeps running, so the DaemonSet does not crash-loop.`,
 	return cmd
 }
 
-func newFetchCommand() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "fetch",
-		Short: "Download model weights (hf://, s3://, gs://, https://, oci://, pvc://)",
-		Args:  cobra.NoArgs,
-		RunE:  notImplemented("fetch", "model weights"),
-	}
-	f := cmd.Flags()
-	f.String("uri", "", "Where the weights are, as in spec.model.uri.")
-	f.String("revision", "", "Branch, tag or commit to fetch.")
-	f.String("dest", "", "Directory to write the weights to, for example /models/<name>.")
-	return cmd
-}

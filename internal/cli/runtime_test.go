@@ -21,7 +21,7 @@ func TestExecute(t *testing.T) {
 		{name: "serve needs its model", args: []string{"serve", "--namespace=ns"}, wantCode: ExitError, wantStderr: []string{"--model and --namespace"}},
 		{name: "probe needs a node name", args: []string{"probe", "--node-name="}, wantCode: ExitError, wantStderr: []string{"--node-name"}},
 		{name: "probe interval below 1s", args: []string{"probe", "--node-name=n1", "--interval=500ms"}, wantCode: ExitError, wantStderr: []string{"at least 1s"}},
-		{name: "fetch is not implemented yet", args: []string{"fetch", "--uri=hf://a/b"}, wantCode: ExitNotImplemented, wantStderr: []string{"fetch", "not implemented yet"}},
+		{name: "fetch needs a destination", args: []string{"fetch", "--uri=hf://a/b"}, wantCode: ExitError, wantStderr: []string{"--uri and --dest are required"}},
 		{name: "unknown subcommand", args: []string{"train"}, wantCode: ExitError, wantStderr: []string{"unknown command"}},
 		{name: "unknown flag", args: []string{"serve", "--bogus"}, wantCode: ExitError, wantStderr: []string{"unknown flag"}},
 	}
