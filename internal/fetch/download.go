@@ -85,7 +85,7 @@ type download struct {
 }
 
 // plan prepares a job per file, reading back what an interrupted run left.
-func (d *download) plan(dest string, files []File) error {
+func (d *download) plan(dest string, files []File) {
 	partial := filepath.Join(dest, partialDirName)
 	for _, f := range files {
 		j := &fileJob{
@@ -129,7 +129,6 @@ func (d *download) plan(dest string, files []File) error {
 		}
 		d.jobs = append(d.jobs, j)
 	}
-	return nil
 }
 
 func planChunks(f File, size int64) []chunk {
@@ -321,6 +320,9 @@ func (d *download) fetchChunk(ctx context.Context, j *fileJob, i int, buf []byte
 		j.st.Done[i], pos = 0, 0
 	}
 	j.mu.Unlock()
+	if c.end >= 0 && pos >= c.end {
+		return nil // an earlier attempt wrote it all and failed after (at the body's end)
+	}
 	rc, err := d.src.Open(ctx, j.f, pos, c.end)
 	if err != nil {
 		return err

@@ -65,12 +65,12 @@ func httpStatusError(resp *http.Response, what, hint string) error {
 	if detail != "" {
 		detail = " (" + detail + ")"
 	}
-	switch {
-	case resp.StatusCode == http.StatusUnauthorized, resp.StatusCode == http.StatusForbidden:
+	switch resp.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
 		return errorf(KindUnauthorized, "token missing or not allowed for %s: HTTP %d%s; %s", what, resp.StatusCode, detail, hint)
-	case resp.StatusCode == http.StatusNotFound:
+	case http.StatusNotFound:
 		return errorf(KindNotFound, "revision/file not found: %s: HTTP 404%s", what, detail)
-	case resp.StatusCode == http.StatusRequestedRangeNotSatisfiable:
+	case http.StatusRequestedRangeNotSatisfiable:
 		return errorf(KindInvalid, "%s: the source refused a byte range (HTTP 416): the file changed while it was being fetched", what)
 	default:
 		return &Error{Kind: KindUnavailable, Msg: fmt.Sprintf("%s: HTTP %d%s", what, resp.StatusCode, detail)}

@@ -116,9 +116,7 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 	}
 
 	d := &download{src: src, log: opts.Log, chunkSize: opts.ChunkSize, workers: opts.Concurrency}
-	if err := d.plan(opts.Dest, files); err != nil {
-		return Summary{}, err
-	}
+	d.plan(opts.Dest, files)
 	reused := d.present.Load()
 	if err := checkSpace(opts, d.need(), d.total); err != nil {
 		return Summary{}, err

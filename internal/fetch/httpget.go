@@ -16,6 +16,11 @@ import (
 // connection is caught by the response header timeout and TCP keep-alives.
 func newHTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
+	tuneTransport(t)
+	return &http.Client{Transport: t}
+}
+
+func tuneTransport(t *http.Transport) {
 	t.DisableCompression = true
 	t.MaxIdleConnsPerHost = 64
 	t.MaxConnsPerHost = 0
@@ -23,7 +28,6 @@ func newHTTPClient() *http.Client {
 	t.WriteBufferSize = 64 << 10
 	t.ResponseHeaderTimeout = 2 * time.Minute
 	t.DialContext = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
-	return &http.Client{Transport: t}
 }
 
 // rangeGet GETs url from off to end (exclusive, -1 for the end). It asks for a range only

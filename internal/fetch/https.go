@@ -81,14 +81,14 @@ func (s *httpSource) List(ctx context.Context) ([]File, string, error) {
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
-	switch {
-	case resp.StatusCode == http.StatusOK:
+	switch resp.StatusCode {
+	case http.StatusOK:
 		if resp.ContentLength >= 0 && resp.Header.Get("Content-Encoding") == "" {
 			f.Size = resp.ContentLength
 			f.Ranged = resp.Header.Get("Accept-Ranges") == "bytes"
 		}
 		f.ref = resp.Request.URL.String() // after redirects: ranges go straight there
-	case resp.StatusCode == http.StatusMethodNotAllowed || resp.StatusCode == http.StatusNotImplemented:
+	case http.StatusMethodNotAllowed, http.StatusNotImplemented:
 	default:
 		return nil, "", httpStatusError(resp, s.String(), httpHint)
 	}

@@ -99,7 +99,7 @@ func layerArchive(mt types.MediaType) archiveFormat {
 
 func (s *ociSource) Open(ctx context.Context, f File, off, end int64) (io.ReadCloser, error) {
 	repo := s.ref.Context()
-	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Registry.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), f.ref)
+	u := fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), f.ref)
 	return rangeGet(ctx, s.client, u, http.Header{"User-Agent": {"helixflow-runtime-fetch"}}, off, end, s.String()+" file "+f.Path, ociHint)
 }
 
@@ -131,7 +131,7 @@ type dockerConfig struct {
 func (c dockerConfig) Resolve(r authn.Resource) (authn.Authenticator, error) {
 	for host, a := range c.Auths {
 		h := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(host, "https://"), "http://"), "/v1/")
-		if h != r.RegistryStr() && !(h == "index.docker.io" && r.RegistryStr() == name.DefaultRegistry) {
+		if h != r.RegistryStr() && (h != "index.docker.io" || r.RegistryStr() != name.DefaultRegistry) {
 			continue
 		}
 		cfg := authn.AuthConfig{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken}
@@ -159,4 +159,3 @@ func (s *ociSource) classify(err error, what string) error {
 	}
 	return &Error{Kind: KindUnavailable, Msg: what, Err: err}
 }
-

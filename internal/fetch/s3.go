@@ -45,7 +45,11 @@ func (s *s3Source) connect(ctx context.Context) error {
 	if region == "" {
 		region = "us-east-1"
 	}
-	opts := []func(*config.LoadOptions) error{config.WithRegion(region), config.WithHTTPClient(newHTTPClient())}
+	// A buildable client, so that AWS_CA_BUNDLE (a private store's CA) can be added to it.
+	httpClient := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+		tuneTransport(t)
+	})
+	opts := []func(*config.LoadOptions) error{config.WithRegion(region), config.WithHTTPClient(httpClient)}
 	if id, secret := s.creds.value("AWS_ACCESS_KEY_ID"), s.creds.value("AWS_SECRET_ACCESS_KEY"); id != "" && secret != "" {
 		opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(id, secret, s.creds.value("AWS_SESSION_TOKEN"))))
 	}
@@ -58,6 +62,9 @@ func (s *s3Source) connect(ctx context.Context) error {
 	}
 	endpoint := s.creds.value("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 	s.client = s3.NewFromConfig(cfg, func(o *s3.Options) {
+		// We verify the whole file against its ETag; the SDK's own check of a full-object
+		// checksum cannot apply to a range (some S3-compatible stores send one anyway).
+		o.ResponseChecksumValidation = aws.ResponseChecksumValidationWhenRequired
 		if endpoint != "" {
 			o.BaseEndpoint = aws.String(endpoint)
 			o.UsePathStyle = true

@@ -2,7 +2,7 @@ package fetch
 
 import (
 	"context"
-	"crypto/md5" //nolint:gosec // S3 ETags and GCS md5Hash are MD5: we check what the source publishes.
+	"crypto/md5"  //nolint:gosec // S3 ETags and GCS md5Hash are MD5: we check what the source publishes.
 	"crypto/sha1" //nolint:gosec // Git blob ids (the Hub's oid for small files) are SHA-1.
 	"crypto/sha256"
 	"encoding/hex"
