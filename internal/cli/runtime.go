@@ -52,7 +52,6 @@ func NewRootCommand() *cobra.Command {
 	return root
 }
 
-
 func newProbeCommand() *cobra.Command {
 	opts := probeOptions{}
 	cmd := &cobra.Command{
@@ -73,4 +72,3 @@ NVMLUnavailable and keeps running, so the DaemonSet does not crash-loop.`,
 	f.StringVar(&opts.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")
 	return cmd
 }
-
