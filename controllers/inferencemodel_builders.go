@@ -18,6 +18,7 @@ import (
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
+	"github.com/helixflow/helixflow/internal/fetch"
 )
 
 // Paths inside model pods.
@@ -303,6 +304,9 @@ func (d modelDesired) fetchContainers() []corev1.Container {
 	if m.Spec.Model.Revision != "" {
 		args = append(args, "--revision="+m.Spec.Model.Revision)
 	}
+	if f := weightsFormat(m.Spec.Engine.Type); f != "" {
+		args = append(args, "--format="+f)
+	}
 	c := corev1.Container{
 		Name:            containerFetch,
 		Image:           d.cfg.RuntimeImage,
@@ -370,6 +374,18 @@ func (d modelDesired) engineContainer() (corev1.Container, error) {
 	return c, nil
 }
 
+// weightsFormat is the weights format each engine loads, so a repository that carries
+// several (safetensors and .bin, or every GGUF quantization) is fetched once, not twice.
+func weightsFormat(e servingv1alpha1.EngineType) string {
+	switch e {
+	case servingv1alpha1.EngineVLLM, servingv1alpha1.EngineTGI, servingv1alpha1.EngineSGLang:
+		return string(fetch.FormatSafetensors)
+	case servingv1alpha1.EngineLlamaCpp:
+		return string(fetch.FormatGGUF)
+	}
+	return "" // Ollama and Custom: everything
+}
+
 // engineCommand returns the command and arguments per engine type. Engines listen on
 // 127.0.0.1 where they allow it, so only the runtime (which authenticates) is reachable.
 func engineCommand(m *servingv1alpha1.InferenceModel) (command, args []string) {
@@ -381,7 +397,13 @@ func engineCommand(m *servingv1alpha1.InferenceModel) (command, args []string) {
 	case servingv1alpha1.EngineVLLM:
 		args = []string{"--model=" + dir, "--served-model-name=" + name, "--host=127.0.0.1", "--port=" + port, "--tensor-parallel-size=" + gpus}
 	case servingv1alpha1.EngineLlamaCpp:
-		args = []string{"--model", dir, "--alias", name, "--host", "127.0.0.1", "--port", port}
+		// llama.cpp takes a file: the fetcher links the GGUF it fetched to a fixed name; a
+		// pvc:// URI names the file itself.
+		file := dir
+		if _, _, onPVC := pvcSource(m.Spec.Model.URI); !onPVC {
+			file = path.Join(dir, fetch.GGUFLink)
+		}
+		args = []string{"--model", file, "--alias", name, "--host", "127.0.0.1", "--port", port}
 		if m.Spec.GPU.Count > 0 {
 			args = append(args, "--n-gpu-layers", "999")
 		}

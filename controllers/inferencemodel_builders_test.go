@@ -258,13 +258,13 @@ func TestEngineContainer(t *testing.T) {
 			model:     makeModel(name).Engine(servingv1alpha1.EngineLlamaCpp).Port(9000).ServedName("llama-q4").GPUs("h100", 2).Args("--ctx-size", "4096").Obj(),
 			pool:      gpuPool,
 			wantImage: "registry.test/llama.cpp:v1",
-			wantArgs: []string{"--model", "/models/llama", "--alias", "llama-q4", "--host", "127.0.0.1", "--port", "9000",
+			wantArgs: []string{"--model", "/models/llama/.helixflow-model.gguf", "--alias", "llama-q4", "--host", "127.0.0.1", "--port", "9000",
 				"--n-gpu-layers", "999", "--ctx-size", "4096"},
 		},
 		"LlamaCpp on CPU: no GPU layers": {
 			model:     makeModel(name).Engine(servingv1alpha1.EngineLlamaCpp).Obj(),
 			wantImage: "registry.test/llama.cpp:v1",
-			wantArgs:  []string{"--model", "/models/llama", "--alias", "llama", "--host", "127.0.0.1", "--port", "8000"},
+			wantArgs:  []string{"--model", "/models/llama/.helixflow-model.gguf", "--alias", "llama", "--host", "127.0.0.1", "--port", "8000"},
 		},
 		"TGI: num-shard = gpu.count": {
 			model:     makeModel(name).Engine(servingv1alpha1.EngineTGI).Port(8081).GPUs("h100", 8).Args("--max-input-tokens=4096").Obj(),
@@ -795,22 +795,22 @@ func TestDeploymentPVCAndFetch(t *testing.T) {
 		"hf:// with revision and credentials": {
 			model: makeModel("llama").URI("hf://meta-llama/Llama-3.1-8B-Instruct").Revision("0e9e39f").Credentials("hf-token").Obj(),
 			wantFetchArgs: []string{"fetch", "--uri=hf://meta-llama/Llama-3.1-8B-Instruct", "--dest=/models/llama",
-				"--revision=0e9e39f", "--credentials-dir=" + credsDir},
+				"--revision=0e9e39f", "--format=safetensors", "--credentials-dir=" + credsDir},
 			wantModels:     corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
 			wantEngineArg:  "--model=/models/llama",
 			wantCredential: "hf-token",
 		},
 		"s3:// without revision or credentials": {
 			model:         makeModel("mistral").Engine(servingv1alpha1.EngineSGLang).URI("s3://models/mistral-7b").Obj(),
-			wantFetchArgs: []string{"fetch", "--uri=s3://models/mistral-7b", "--dest=/models/mistral"},
+			wantFetchArgs: []string{"fetch", "--uri=s3://models/mistral-7b", "--dest=/models/mistral", "--format=safetensors"},
 			wantModels:    corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
 			wantEngineArg: "--model-path=/models/mistral",
 		},
 		"oci:// with credentials": {
 			model:          makeModel("phi").Engine(servingv1alpha1.EngineLlamaCpp).URI("oci://registry.test/models/phi:3").Credentials("registry-auth").Obj(),
-			wantFetchArgs:  []string{"fetch", "--uri=oci://registry.test/models/phi:3", "--dest=/models/phi", "--credentials-dir=" + credsDir},
+			wantFetchArgs:  []string{"fetch", "--uri=oci://registry.test/models/phi:3", "--dest=/models/phi", "--format=gguf", "--credentials-dir=" + credsDir},
 			wantModels:     corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}},
-			wantEngineArg:  "/models/phi",
+			wantEngineArg:  "/models/phi/.helixflow-model.gguf",
 			wantCredential: "registry-auth",
 		},
 	}
@@ -849,7 +849,9 @@ func TestDeploymentPVCAndFetch(t *testing.T) {
 				}
 				// The engine reads exactly where the fetcher wrote.
 				dest := strings.TrimPrefix(tc.wantFetchArgs[2], "--dest=")
-				if !slices.ContainsFunc(engine.Args, func(a string) bool { return a == dest || strings.HasSuffix(a, "="+dest) }) {
+				if !slices.ContainsFunc(engine.Args, func(a string) bool {
+					return a == dest || strings.HasSuffix(a, "="+dest) || a == dest+"/.helixflow-model.gguf"
+				}) {
 					t.Errorf("engine args %v do not read the fetch destination %s", engine.Args, dest)
 				}
 			}

@@ -80,6 +80,13 @@ func (r *InferenceModelReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		ex, applyErr = r.reconcileExposure(ctx, model)
 	}
 	status := computeModelStatus(model, verdict, deploy, applyErr, r.Config.ClusterDomain)
+	var pods []corev1.Pod
+	if _, _, onPVC := pvcSource(model.Spec.Model.URI); !onPVC {
+		if pods, err = modelPods(ctx, r.Client, model); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	setWeightsStatus(&status, weightsCondition(model, pods))
 	setExposureStatus(&status, model, ex)
 	if err := r.writeStatus(ctx, model, status); err != nil {
 		return ctrl.Result{}, err
@@ -299,12 +306,17 @@ func (r *InferenceModelReconciler) writeStatus(ctx context.Context, model *servi
 
 // recordTransitions emits an Event when a condition changes, except on the normal path of
 // a new model: being placed at once and not yet Ready are not news (and at thousands of
-// models an Event each is real load on the API server). A model that cannot be placed gets
-// a Warning at once; Ready becoming True, and leaving True, are always recorded.
+// models an Event each is real load on the API server). A model that cannot be placed, or
+// whose weights cannot be fetched, gets a Warning at once; Ready becoming True, and leaving
+// True, are always recorded.
 func (r *InferenceModelReconciler) recordTransitions(model *servingv1alpha1.InferenceModel, before, after []metav1.Condition) {
-	for _, typ := range []string{servingv1alpha1.InferenceModelConditionScheduled, servingv1alpha1.ConditionReady} {
+	for _, typ := range []string{servingv1alpha1.InferenceModelConditionScheduled, servingv1alpha1.InferenceModelConditionWeightsReady, servingv1alpha1.ConditionReady} {
 		was, now := meta.FindStatusCondition(before, typ), meta.FindStatusCondition(after, typ)
 		if now == nil || (was != nil && was.Status == now.Status && was.Reason == now.Reason) {
+			continue
+		}
+		// Of the weights, only a failure is news: fetching and fetched happen to every model.
+		if typ == servingv1alpha1.InferenceModelConditionWeightsReady && now.Reason != servingv1alpha1.InferenceModelReasonWeightsFailed {
 			continue
 		}
 		if was == nil && now.Status == metav1.ConditionTrue && typ == servingv1alpha1.InferenceModelConditionScheduled {

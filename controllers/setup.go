@@ -143,6 +143,19 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			}
 			return nil
 		}), builder.WithPredicates(podBindingChanged())).
+		// The model's own pods: their fetch init container is what WeightsReady reports.
+		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []ctrl.Request {
+			var reqs []ctrl.Request
+			for _, nn := range podModel(o) {
+				reqs = append(reqs, ctrl.Request{NamespacedName: nn})
+			}
+			return reqs
+		}), builder.WithPredicates(predicate.Funcs{
+			CreateFunc: func(event.CreateEvent) bool { return false },
+			UpdateFunc: func(e event.UpdateEvent) bool {
+				return fetchStatusChanged(e.ObjectOld.(*corev1.Pod), e.ObjectNew.(*corev1.Pod))
+			},
+		})).
 		Named("inferencemodel").
 		Build(r)
 	if err != nil {

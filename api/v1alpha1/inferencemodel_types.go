@@ -85,6 +85,11 @@ const (
 	InferenceModelReasonWeightsFetching  = "WeightsFetching"
 	InferenceModelReasonWeightsFailed    = "WeightsFailed"
 
+	// WeightsReady reasons (besides WeightsFetching and WeightsFailed).
+	InferenceModelReasonWeightsFetched  = "WeightsFetched"
+	InferenceModelReasonWeightsPending  = "WeightsPending"
+	InferenceModelReasonWeightsOnVolume = "WeightsOnVolume"
+
 	// Exposed reasons.
 	InferenceModelReasonIngressAdmitted  = "IngressAdmitted"
 	InferenceModelReasonIngressPending   = "IngressPending"

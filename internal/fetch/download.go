@@ -25,6 +25,9 @@ const (
 	markerName        = bookkeepingPrefix + "fetch.json"
 	lockName          = bookkeepingPrefix + "fetch.lock"
 	partialDirName    = bookkeepingPrefix + "partial"
+	// GGUFLink names the model file for llama.cpp, which takes a file, not a directory:
+	// a symlink to the GGUF file (the first part of a split one) that was fetched.
+	GGUFLink = bookkeepingPrefix + "model.gguf"
 )
 
 const (

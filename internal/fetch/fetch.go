@@ -136,6 +136,11 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 	if hasOld {
 		removeStale(opts.Dest, old.Paths, paths)
 	}
+	if opts.Format == FormatGGUF {
+		if err := linkGGUF(opts.Dest, paths); err != nil {
+			return Summary{}, err
+		}
+	}
 	sum := Summary{
 		Source: src.String(), Revision: opts.Revision, Resolved: resolved, Format: opts.Format,
 		Files: len(paths), Bytes: d.present.Load(), Downloaded: d.downloaded.Load(), Reused: reused,

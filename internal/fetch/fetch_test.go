@@ -212,3 +212,37 @@ func TestListedPathsMustStayInside(t *testing.T) {
 		t.Errorf("cleanPath(./a/b/../c.json) = %q, %v", p, err)
 	}
 }
+
+func TestGGUFLinkNamesTheFileForLlamaCpp(t *testing.T) {
+	content := randomBytes(8, 300<<10)
+	srv := newFileServer(t, map[string][]byte{"phi-q4_k_m.gguf": content})
+	opts := testOptions(t, srv.URL+"/phi-q4_k_m.gguf")
+	opts.Format = FormatGGUF
+	mustRun(t, opts)
+	b, err := os.ReadFile(filepath.Join(opts.Dest, GGUFLink))
+	if err != nil || !bytes.Equal(b, content) {
+		t.Fatalf("%s does not lead to the model: %v", GGUFLink, err)
+	}
+
+	for name, tc := range map[string]struct {
+		paths   []string
+		want    string
+		wantErr string
+	}{
+		"split file: the first part": {paths: []string{"config.json", "m-00002-of-00002.gguf", "m-00001-of-00002.gguf"}, want: "m-00001-of-00002.gguf"},
+		"several quantizations":      {paths: []string{"m-Q4_K_M.gguf", "m-Q8_0.gguf"}, wantErr: "several GGUF files"},
+		"none":                       {paths: []string{"model.safetensors"}, wantErr: "no .gguf file"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dest := t.TempDir()
+			err := linkGGUF(dest, tc.paths)
+			if tc.wantErr != "" {
+				wantKind(t, err, KindInvalid, tc.wantErr)
+				return
+			}
+			if got, rerr := os.Readlink(filepath.Join(dest, GGUFLink)); err != nil || rerr != nil || got != tc.want {
+				t.Errorf("link -> %q (%v, %v), want %q", got, err, rerr, tc.want)
+			}
+		})
+	}
+}

@@ -10,7 +10,10 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"os"
 	"path"
+	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -162,3 +165,34 @@ func hexDigest(algo, s string) Digest {
 	}
 	return Digest{Algo: algo, Hex: s}
 }
+
+// linkGGUF points GGUFLink at the model's GGUF file. Several different GGUF files (one repo
+// often holds every quantization) are refused rather than guessed between.
+func linkGGUF(dest string, paths []string) error {
+	var first []string
+	for _, p := range paths {
+		if path.Ext(p) != ".gguf" {
+			continue
+		}
+		if m := splitGGUF.FindStringSubmatch(p); m != nil && m[1] != "00001" {
+			continue // a later part of a split file: llama.cpp opens it from the first
+		}
+		first = append(first, p)
+	}
+	switch len(first) {
+	case 0:
+		return errorf(KindInvalid, "no .gguf file was fetched, and llama.cpp needs one")
+	case 1:
+	default:
+		return errorf(KindInvalid, "several GGUF files were fetched (%s): name one, for example https://huggingface.co/<org>/<repo>/resolve/main/<file>.gguf", strings.Join(first, ", "))
+	}
+	link := filepath.Join(dest, GGUFLink)
+	tmp := link + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(filepath.FromSlash(first[0]), tmp); err != nil {
+		return writeError(link, err)
+	}
+	return os.Rename(tmp, link)
+}
+
+var splitGGUF = regexp.MustCompile(`-(\d{5})-of-\d{5}\.gguf$`)
