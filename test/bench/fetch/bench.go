@@ -140,8 +140,11 @@ func run(ctx context.Context, cfg config) (*report, error) {
 			}
 			secs := time.Since(start).Seconds()
 			got, err := digests(dest, names)
-			if err != nil || !slices.Equal(got, want) {
-				return nil, fmt.Errorf("%s: the downloaded files differ from the model (%v)", paths[i].name, err)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", paths[i].name, err)
+			}
+			if !slices.Equal(got, want) {
+				return nil, fmt.Errorf("%s: the downloaded files differ from the model", paths[i].name)
 			}
 			results[i].seconds = append(results[i].seconds, secs)
 			fmt.Fprintf(cfg.Log, "round %d: %-40s %6.2fs  %7.0f MB/s\n", round+1, paths[i].name, secs, float64(total)/secs/1e6)

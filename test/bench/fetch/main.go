@@ -32,8 +32,8 @@ func main() {
 	}
 	cfg.Size, cfg.Log = n, os.Stderr
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
-	defer cancel()
 	rep, err := run(ctx, cfg)
+	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fetch-bench:", err)
 		os.Exit(1)
