@@ -342,6 +342,7 @@ func (d *download) fetchChunk(ctx context.Context, j *fileJob, i int, buf []byte
 			if _, err := fd.WriteAt(buf[:n], pos); err != nil {
 				return writeError(j.part, err)
 			}
+			j.hashInline(pos, buf[:n])
 			pos += int64(n)
 			d.downloaded.Add(int64(n))
 			d.present.Add(int64(n))
@@ -442,6 +443,27 @@ func (d *download) chunkComplete(j *fileJob, i int, buf []byte) error {
 	j.finished = true
 	j.mu.Unlock()
 	return d.finish(j)
+}
+
+// hashInline feeds the checksum with bytes just written at off when they are exactly the
+// next ones it needs: a file fetched in one stream (and the first chunk of each file) is
+// hashed as it arrives, with no second read. Other chunks are read back by chunkComplete.
+func (j *fileJob) hashInline(off int64, b []byte) {
+	j.mu.Lock()
+	if j.f.Digest.IsZero() || j.hashing || j.hashed != off || j.st.Size < 0 {
+		j.mu.Unlock()
+		return
+	}
+	if j.h == nil {
+		j.h = j.f.Digest.newHash(j.st.Size)
+	}
+	j.hashing = true
+	j.mu.Unlock()
+	j.h.Write(b)
+	j.mu.Lock()
+	j.hashed += int64(len(b))
+	j.hashing = false
+	j.mu.Unlock()
 }
 
 // completePrefix is the length of the leading run of complete chunks.
