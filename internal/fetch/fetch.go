@@ -72,12 +72,13 @@ type Summary struct {
 }
 
 func (s Summary) String() string {
+	src := redactURI(s.Source)
 	if s.NoOp {
-		return fmt.Sprintf("weights already complete: %d files, %s from %s (nothing fetched)", s.Files, humanBytes(s.Bytes), s.Source)
+		return fmt.Sprintf("weights already complete: %d files, %s from %s (nothing fetched)", s.Files, humanBytes(s.Bytes), src)
 	}
 	rate := float64(s.Downloaded) / max(s.Elapsed.Seconds(), 1e-9)
 	return fmt.Sprintf("fetched %d files, %s from %s in %s (%s/s); %s downloaded, %s reused from an interrupted run; %d checksums verified",
-		s.Files, humanBytes(s.Bytes), s.Source, s.Elapsed.Round(time.Millisecond), humanBytes(int64(rate)),
+		s.Files, humanBytes(s.Bytes), src, s.Elapsed.Round(time.Millisecond), humanBytes(int64(rate)),
 		humanBytes(s.Downloaded), humanBytes(s.Reused), s.Verified)
 }
 

@@ -246,3 +246,19 @@ func TestGGUFLinkNamesTheFileForLlamaCpp(t *testing.T) {
 		})
 	}
 }
+
+func TestMessagesCarryNoURLSecrets(t *testing.T) {
+	content := randomBytes(9, 1000)
+	srv := newFileServer(t, map[string][]byte{"model.gguf": content})
+	opts := testOptions(t, srv.URL+"/model.gguf?X-Amz-Signature=topsecret&X-Amz-Credential=AKIA")
+	sum := mustRun(t, opts)
+	noOp := mustRun(t, opts)
+	srv.set(0, "needed")
+	failing := testOptions(t, srv.URL+"/model.gguf?sig=topsecret")
+	_, err := Run(context.Background(), failing)
+	for _, msg := range []string{sum.String(), noOp.String(), err.Error(), redactURI("https://user:topsecret@host/x")} {
+		if strings.Contains(msg, "topsecret") || strings.Contains(msg, "AKIA") {
+			t.Errorf("message leaks a secret of the URL: %s", msg)
+		}
+	}
+}

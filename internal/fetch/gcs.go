@@ -178,7 +178,7 @@ func (s *gcsSource) get(ctx context.Context, u string, v any) error {
 	req.Header = h
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return &Error{Kind: KindUnavailable, Msg: s.String(), Err: err}
+		return &Error{Kind: KindUnavailable, Msg: s.String(), Err: withoutURL(err)}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

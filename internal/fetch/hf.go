@@ -84,7 +84,7 @@ func (s *hfSource) getJSON(ctx context.Context, u string, v any) (next string, e
 	req.Header = s.header()
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return "", &Error{Kind: KindUnavailable, Msg: s.String(), Err: err}
+		return "", &Error{Kind: KindUnavailable, Msg: s.String(), Err: withoutURL(err)}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

@@ -2,10 +2,12 @@ package fetch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -50,7 +52,7 @@ func rangeGet(ctx context.Context, c *http.Client, url string, header http.Heade
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, &Error{Kind: KindUnavailable, Msg: what, Err: err}
+		return nil, &Error{Kind: KindUnavailable, Msg: what, Err: withoutURL(err)}
 	}
 	switch {
 	case resp.StatusCode == http.StatusPartialContent && ranged:
@@ -69,6 +71,16 @@ func rangeGet(ctx context.Context, c *http.Client, url string, header http.Heade
 		defer resp.Body.Close()
 		return nil, httpStatusError(resp, what, hint)
 	}
+}
+
+// withoutURL drops the request URL net/http puts in its errors: it may carry a signature
+// (a presigned URL, the Hub's CDN link), and the message names the source already.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return err
 }
 
 // readSnippet returns the start of an error body, for messages.

@@ -24,12 +24,12 @@ type httpSource struct {
 func newHTTPSource(raw string, creds Credentials) (*httpSource, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return nil, errorf(KindInvalid, "uri %q is not a URL", raw)
+		return nil, errorf(KindInvalid, "uri %q is not a URL", redactURI(raw))
 	}
 	s := &httpSource{url: u, token: creds.value("HTTP_BEARER_TOKEN", "token"), client: newHTTPClient()}
 	if algo, hexv, ok := strings.Cut(u.Fragment, "="); ok {
 		if s.digest = hexDigest(algo, hexv); s.digest.IsZero() || algo != "sha256" {
-			return nil, errorf(KindInvalid, "uri %q: the fragment must be #sha256=<64 hex digits>", raw)
+			return nil, errorf(KindInvalid, "uri %q: the fragment must be #sha256=<64 hex digits>", redactURI(raw))
 		}
 	}
 	u.Fragment = ""
@@ -46,9 +46,23 @@ func newHTTPSource(raw string, creds Credentials) (*httpSource, error) {
 	return s, nil
 }
 
-func (s *httpSource) String() string {
-	u := *s.url
-	u.User, u.RawQuery = nil, "" // a query may carry a signature
+func (s *httpSource) String() string { return redactURI(s.url.String()) }
+
+// redactURI drops what may be a credential from a URI for messages, logs and the
+// termination message (which reaches the InferenceModel's status): user info and the query
+// (a presigned URL's signature).
+func redactURI(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		if i := strings.IndexAny(raw, "?@"); i >= 0 {
+			return raw[:i] + "..."
+		}
+		return raw
+	}
+	u.User = nil
+	if u.RawQuery != "" {
+		u.RawQuery = "..."
+	}
 	return u.String()
 }
 
@@ -77,7 +91,7 @@ func (s *httpSource) List(ctx context.Context) ([]File, string, error) {
 	req.Header = s.header()
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return nil, "", &Error{Kind: KindUnavailable, Msg: s.String(), Err: err}
+		return nil, "", &Error{Kind: KindUnavailable, Msg: s.String(), Err: withoutURL(err)}
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))

@@ -119,6 +119,9 @@ var notOnReady = map[string]string{
 	"InferenceModelReasonIngressAdmitted":       "Exposed=True never blocks Ready",
 	"InferenceModelReasonRouteAccepted":         "Exposed=True never blocks Ready",
 	"InferenceModelReasonNotExposed":            "no Exposed condition without spec.endpoint",
+	"InferenceModelReasonWeightsFetched":        "WeightsReady=True never blocks Ready",
+	"InferenceModelReasonWeightsOnVolume":       "WeightsReady=True never blocks Ready",
+	"InferenceModelReasonWeightsPending":        "WeightsReady=Unknown: Ready keeps ReplicasNotReady",
 }
 
 // kindsOf maps a reason constant's name prefix to the kinds whose Ready it may appear on.
