@@ -9,8 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr/funcr"
 )
 
 func TestHTTPSFileDownloadsInRangesAndVerifies(t *testing.T) {
@@ -259,6 +262,38 @@ func TestMessagesCarryNoURLSecrets(t *testing.T) {
 	for _, msg := range []string{sum.String(), noOp.String(), err.Error(), redactURI("https://user:topsecret@host/x")} {
 		if strings.Contains(msg, "topsecret") || strings.Contains(msg, "AKIA") {
 			t.Errorf("message leaks a secret of the URL: %s", msg)
+		}
+	}
+}
+
+func TestProgressIsLogged(t *testing.T) {
+	content := randomBytes(12, 2<<20)
+	srv := newFileServer(t, map[string][]byte{"model.bin": content})
+	srv.set(5*time.Millisecond, "")
+	var lines []string
+	var mu sync.Mutex
+	opts := testOptions(t, srv.URL+"/model.bin")
+	opts.ProgressInterval = 50 * time.Millisecond
+	opts.Log = funcr.New(func(prefix, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, args)
+	}, funcr.Options{})
+	mustRun(t, opts)
+	mu.Lock()
+	defer mu.Unlock()
+	var progress []string
+	for _, l := range lines {
+		if strings.Contains(l, `"msg"="progress"`) {
+			progress = append(progress, l)
+		}
+	}
+	if len(progress) == 0 {
+		t.Fatalf("no progress line in %q", lines)
+	}
+	for _, want := range []string{`"bytes"=`, `"of"="2.0 MiB"`, `"rate"=`, `"percent"=`, `"eta"=`, `"files"="0/1"`} {
+		if !strings.Contains(progress[0], want) {
+			t.Errorf("progress line %s lacks %s", progress[0], want)
 		}
 	}
 }

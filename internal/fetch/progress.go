@@ -32,7 +32,7 @@ func reportProgress(log logr.Logger, d *download, every time.Duration) (stop fun
 				if d.total > 0 {
 					kv = append(kv, "percent", fmt.Sprintf("%.1f", 100*float64(present)/float64(d.total)))
 					if avg > 0 {
-						kv = append(kv, "eta", (time.Duration(float64(d.total-present)/avg) * time.Second).Round(time.Second).String())
+						kv = append(kv, "eta", time.Duration(float64(d.total-present)/avg*float64(time.Second)).Round(time.Second).String())
 					}
 				}
 				log.Info("progress", kv...)
