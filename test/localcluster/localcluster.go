@@ -15,6 +15,10 @@
 // Call Stop when done. If the test process dies first (a go test -timeout, a panic, os.Exit),
 // a small watchdog child (bash) kills the five components and removes their temporary
 // folders, so a crashed run leaves no API server or etcd behind on a shared machine.
+//
+// Options.Detached is the other mode, for hack/local-cluster and `make demo`: the cluster
+// outlives the program that started it, which records Processes and later ends exactly those
+// with StopProcesses.
 package localcluster
 
 import (
@@ -69,15 +73,24 @@ type Options struct {
 	// kwok and kwok-stages.yaml. Empty: KUBEBUILDER_ASSETS, else hack/testbin/build.sh.
 	BinDir string
 	// LogDir receives one <component>.log per component (stdout and stderr together), so a
-	// failing test can show them. Empty: a folder inside the cluster's temporary folder,
-	// removed by Stop.
+	// failing test can show them. Empty: a folder inside the cluster's folder, removed by Stop.
 	LogDir string
+	// Dir holds everything the cluster writes (kubeconfig, etcd's data, certificates, logs)
+	// instead of a new temporary folder. It must not exist or be empty, since Stop removes it.
+	Dir string
+	// Detached leaves the components running after this process exits: no watchdog is
+	// armed, and the components Start runs itself get their own session, so neither the end
+	// of this process nor a terminal hangup reaches them (envtest already gives etcd and the
+	// API server their own process group). The caller records Processes and ends them later
+	// with StopProcesses. Requires Dir, so that the cluster's files are found again.
+	Detached bool
 }
 
 // Cluster is a running local control plane. Its methods are safe for concurrent use.
 type Cluster struct {
 	binDir     string
 	workDir    string
+	detached   bool
 	logDir     string
 	kubeconfig string
 	config     *rest.Config
@@ -111,11 +124,14 @@ func Start(ctx context.Context, opts Options) (cl *Cluster, retErr error) {
 			return nil, fmt.Errorf("localcluster: %s missing from %s: %w", b, binDir, err)
 		}
 	}
-	workDir, err := os.MkdirTemp("", "helixflow-localcluster-")
+	if opts.Detached && opts.Dir == "" {
+		return nil, errors.New("localcluster: Detached needs Dir")
+	}
+	workDir, err := makeWorkDir(opts.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("localcluster: %w", err)
 	}
-	c := &Cluster{binDir: binDir, workDir: workDir, logDir: opts.LogDir}
+	c := &Cluster{binDir: binDir, workDir: workDir, logDir: opts.LogDir, detached: opts.Detached}
 	if c.logDir == "" {
 		c.logDir = filepath.Join(workDir, "logs")
 	}
@@ -155,6 +171,15 @@ func (c *Cluster) startAPIServer() error {
 	}
 	c.envLogs = []*os.File{etcdLog, apiLog}
 	api := &envtest.APIServer{Path: filepath.Join(c.binDir, "kube-apiserver"), Out: apiLog, Err: apiLog}
+	etcd := &envtest.Etcd{Path: filepath.Join(c.binDir, "etcd"), Out: etcdLog, Err: etcdLog}
+	// In the cluster's own folder rather than envtest's temporary ones, so that everything a
+	// detached cluster leaves is in one place and removed with it.
+	api.CertDir, etcd.DataDir = filepath.Join(c.workDir, "certs"), filepath.Join(c.workDir, "etcd")
+	for _, d := range []string{api.CertDir, etcd.DataDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
 	args := api.Configure()
 	// envtest turns the ServiceAccount admission plugin off because it runs no
 	// controller-manager; this cluster runs one, so pods get the admission real clusters apply.
@@ -166,7 +191,7 @@ func (c *Cluster) startAPIServer() error {
 		// Paths are set explicitly so that KUBEBUILDER_ASSETS cannot override Options.BinDir.
 		ControlPlane: envtest.ControlPlane{
 			APIServer:   api,
-			Etcd:        &envtest.Etcd{Path: filepath.Join(c.binDir, "etcd"), Out: etcdLog, Err: etcdLog},
+			Etcd:        etcd,
 			KubectlPath: filepath.Join(c.binDir, "kubectl"),
 		},
 		ControlPlaneStartTimeout: componentStartTimeout,
@@ -247,14 +272,19 @@ func (c *Cluster) startComponents(ctx context.Context) error {
 		{"kwok", kwok, fmt.Sprintf("http://127.0.0.1:%d/healthz", kwokPort)},
 	}
 	for _, s := range specs {
-		ch, err := startChild(s.name, filepath.Join(c.binDir, s.name), c.logDir, s.args)
+		ch, err := startChild(s.name, filepath.Join(c.binDir, s.name), c.logDir, s.args, c.detached)
 		if err != nil {
 			return err
 		}
 		c.children = append(c.children, ch)
 	}
-	if err := c.startWatchdog(); err != nil {
+	if err := c.findEnvPIDs(); err != nil {
 		return err
+	}
+	if !c.detached {
+		if err := c.startWatchdog(); err != nil {
+			return err
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, componentStartTimeout)
@@ -275,8 +305,8 @@ func (c *Cluster) startComponents(ctx context.Context) error {
 	})
 }
 
-// startWatchdog arms the clean-up that runs if this process dies without calling Stop.
-func (c *Cluster) startWatchdog() error {
+// findEnvPIDs learns the PIDs of etcd and kube-apiserver, which envtest does not tell.
+func (c *Cluster) findEnvPIDs() error {
 	cp := c.env.ControlPlane
 	etcdPID, err := findChild(cp.Etcd.Path, "--data-dir="+cp.Etcd.DataDir)
 	if err != nil {
@@ -287,10 +317,17 @@ func (c *Cluster) startWatchdog() error {
 		return err
 	}
 	c.envPIDs = map[string]int{"etcd": etcdPID, "kube-apiserver": apiPID}
-	pids := map[int]string{etcdPID: cp.Etcd.Path, apiPID: cp.APIServer.Path}
+	return nil
+}
+
+// startWatchdog arms the clean-up that runs if this process dies without calling Stop.
+func (c *Cluster) startWatchdog() error {
+	cp := c.env.ControlPlane
+	pids := map[int]string{c.envPIDs["etcd"]: cp.Etcd.Path, c.envPIDs["kube-apiserver"]: cp.APIServer.Path}
 	for _, ch := range c.children {
 		pids[ch.pid()] = ch.cmd.Path
 	}
+	var err error
 	c.watchdog, c.watchdogStdin, err = startWatchdog(c.logDir, pids, []string{c.workDir, cp.Etcd.DataDir, cp.APIServer.CertDir})
 	return err
 }
@@ -423,6 +460,27 @@ func (c *Cluster) Stop() error {
 		c.stopErr = errors.Join(errs...)
 	})
 	return c.stopErr
+}
+
+// makeWorkDir creates dir, which must not exist or be empty (Stop removes it), or a
+// temporary folder when dir is empty.
+func makeWorkDir(dir string) (string, error) {
+	if dir == "" {
+		return os.MkdirTemp("", "helixflow-localcluster-")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
+	entries, err := os.ReadDir(abs)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return "", err
+	case len(entries) > 0:
+		return "", fmt.Errorf("%s is not empty", abs)
+	}
+	return abs, os.MkdirAll(abs, 0o700)
 }
 
 // resolveBinDir picks the binary folder: explicit, KUBEBUILDER_ASSETS, or the build script.

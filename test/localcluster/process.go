@@ -31,7 +31,9 @@ type child struct {
 	waitErr error
 }
 
-func startChild(name, path, logDir string, args []string) (*child, error) {
+// startChild starts a component; detached puts it in a session of its own (see
+// Options.Detached).
+func startChild(name, path, logDir string, args []string, detached bool) (*child, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
@@ -39,6 +41,9 @@ func startChild(name, path, logDir string, args []string) (*child, error) {
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = f, f
+	if detached {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("starting %s: %w", name, err)
