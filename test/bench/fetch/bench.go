@@ -36,10 +36,13 @@ type path struct {
 type result struct {
 	name    string
 	seconds []float64
+	cpu     []float64 // user+system CPU seconds of the process
 }
 
-func (r result) median() float64 {
-	s := slices.Clone(r.seconds)
+func (r result) median() float64 { return median(r.seconds) }
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
 	sort.Float64s(s)
 	return s[len(s)/2]
 }
@@ -146,8 +149,10 @@ func run(ctx context.Context, cfg config) (*report, error) {
 			if !slices.Equal(got, want) {
 				return nil, fmt.Errorf("%s: the downloaded files differ from the model", paths[i].name)
 			}
+			cpu := (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 			results[i].seconds = append(results[i].seconds, secs)
-			fmt.Fprintf(cfg.Log, "round %d: %-40s %6.2fs  %7.0f MB/s\n", round+1, paths[i].name, secs, float64(total)/secs/1e6)
+			results[i].cpu = append(results[i].cpu, cpu)
+			fmt.Fprintf(cfg.Log, "round %d: %-40s %6.2fs  %7.0f MB/s  %5.2f CPU s\n", round+1, paths[i].name, secs, float64(total)/secs/1e6, cpu)
 		}
 	}
 	_ = os.RemoveAll(filepath.Join(work, "dest"))
@@ -156,11 +161,11 @@ func run(ctx context.Context, cfg config) (*report, error) {
 
 func (r *report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\nruntime fetch benchmark: %d files, %s, loopback from the Hugging Face Hub test double; %s\n", r.files, human(r.size), r.cpu)
-	fmt.Fprintf(w, "%-42s %10s %10s %10s\n", "path", "median s", "MB/s", "vs curl")
+	fmt.Fprintf(w, "%-42s %10s %10s %10s %12s\n", "path", "median s", "MB/s", "vs curl", "client CPU s")
 	base := r.results[0].median()
 	for _, res := range r.results {
 		m := res.median()
-		fmt.Fprintf(w, "%-42s %10.2f %10.0f %9.2fx\n", res.name, m, float64(r.size)/m/1e6, base/m)
+		fmt.Fprintf(w, "%-42s %10.2f %10.0f %9.2fx %12.2f\n", res.name, m, float64(r.size)/m/1e6, base/m, median(res.cpu))
 	}
 	fmt.Fprintln(w, "runtime fetch also verifies every file's sha256 (curl checks nothing) and saves resumable state.")
 }
