@@ -66,10 +66,11 @@ type fileJob struct {
 	dirty     bool
 	remaining int      // chunks not yet complete
 	fd        *os.File // opened on first use, closed once verified
-	h         hash.Hash
-	hashed    int64 // bytes fed to h, always a prefix of complete chunks
-	hashing   bool  // a worker is feeding h
 	finished  bool
+	// The file's hasher goroutine (see hash) is started with its first piece of work and
+	// woken through kick whenever bytes were written or a chunk completed.
+	hasherStarted bool
+	kick          chan struct{}
 }
 
 // download fetches the planned files with a pool of workers.
@@ -85,6 +86,10 @@ type download struct {
 	downloaded atomic.Int64 // bytes read from the source this run
 	filesDone  atomic.Int64
 	verified   atomic.Int64
+
+	ctx     context.Context // the run's, canceled with the first error
+	fail    context.CancelCauseFunc
+	hashers sync.WaitGroup
 }
 
 // plan prepares a job per file, reading back what an interrupted run left.
@@ -184,6 +189,7 @@ type work struct {
 func (d *download) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	d.ctx, d.fail = ctx, cancel
 	queue := make(chan work)
 	go func() {
 		defer close(queue)
@@ -225,6 +231,8 @@ func (d *download) run(ctx context.Context) error {
 		})
 	}
 	wg.Wait()
+	// Every file's last chunk woke its hasher; they finish (or see the cancellation).
+	d.hashers.Wait()
 	stopSaver()
 	for _, j := range d.jobs {
 		j.closeFile()
@@ -283,6 +291,7 @@ func (j *fileJob) saveState() error {
 
 // do runs one piece of work with retries for errors that may pass.
 func (d *download) do(ctx context.Context, w work, buf []byte) error {
+	d.startHasher(w.j)
 	if w.i >= 0 {
 		backoff := firstBackoff
 		for attempt := 1; ; attempt++ {
@@ -305,7 +314,23 @@ func (d *download) do(ctx context.Context, w work, buf []byte) error {
 			backoff *= 2
 		}
 	}
-	return d.chunkComplete(w.j, w.i, buf)
+	if w.i >= 0 {
+		w.j.mu.Lock()
+		w.j.remaining--
+		w.j.mu.Unlock()
+	}
+	w.j.poke()
+	return nil
+}
+
+// startHasher starts the file's hasher with its first piece of work.
+func (d *download) startHasher(j *fileJob) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.hasherStarted {
+		j.hasherStarted, j.kick = true, make(chan struct{}, 1)
+		d.hashers.Go(func() { d.hash(j) })
+	}
 }
 
 // fetchChunk reads one chunk from where it stopped and writes it into the partial file.
@@ -342,7 +367,6 @@ func (d *download) fetchChunk(ctx context.Context, j *fileJob, i int, buf []byte
 			if _, err := fd.WriteAt(buf[:n], pos); err != nil {
 				return writeError(j.part, err)
 			}
-			j.hashInline(pos, buf[:n])
 			pos += int64(n)
 			d.downloaded.Add(int64(n))
 			d.present.Add(int64(n))
@@ -350,6 +374,7 @@ func (d *download) fetchChunk(ctx context.Context, j *fileJob, i int, buf []byte
 			j.st.Done[i] += int64(n)
 			j.dirty = true
 			j.mu.Unlock()
+			j.poke()
 		}
 		switch {
 		case rerr == nil:
@@ -403,87 +428,84 @@ func (j *fileJob) closeFile() {
 	}
 }
 
-// chunkComplete counts a finished chunk, feeds the checksum with every complete prefix of
-// the file not yet hashed (one worker at a time; the others go on downloading), and
-// finishes the file when all of it is on disk and hashed.
-func (d *download) chunkComplete(j *fileJob, i int, buf []byte) error {
-	j.mu.Lock()
-	if i >= 0 {
-		j.remaining--
+// poke wakes the file's hasher; a wake-up already pending is enough.
+func (j *fileJob) poke() {
+	select {
+	case j.kick <- struct{}{}:
+	default:
 	}
-	if j.hashing {
-		j.mu.Unlock()
-		return nil
-	}
-	j.hashing = true
+}
+
+// hash runs beside the workers for one file: it feeds the checksum with the written prefix
+// of the file as it grows (read back from the page cache, so hashing uses another core
+// while the download goes on, even on one connection), and when every chunk is complete
+// and hashed it finishes the file. It is the only reader of its hash, so the hash needs no
+// lock.
+func (d *download) hash(j *fileJob) {
+	var h hash.Hash
+	var hashed int64
+	buf := hashBuffers.Get().(*[]byte)
+	defer hashBuffers.Put(buf)
 	for {
-		prefix := j.completePrefix()
-		if j.f.Digest.IsZero() || prefix <= j.hashed {
-			break
+		select {
+		case <-j.kick:
+		case <-d.ctx.Done():
+			return
 		}
-		if j.h == nil {
-			j.h = j.f.Digest.newHash(j.st.Size)
-		}
-		from := j.hashed
-		j.mu.Unlock()
-		err := hashRange(j, from, prefix, buf)
-		j.mu.Lock()
-		if err != nil {
-			j.hashing = false
+		for {
+			j.mu.Lock()
+			prefix, size, complete := j.writtenPrefix(), j.st.Size, j.remaining == 0
 			j.mu.Unlock()
-			return err
+			if !j.f.Digest.IsZero() && prefix > hashed {
+				if h == nil {
+					h = j.f.Digest.newHash(size)
+				}
+				if err := hashRange(j, h, hashed, prefix, *buf); err != nil {
+					d.fail(err)
+					return
+				}
+				hashed = prefix
+				continue
+			}
+			if !complete {
+				break
+			}
+			if h == nil && !j.f.Digest.IsZero() {
+				h = j.f.Digest.newHash(size) // an empty file
+			}
+			if err := d.finish(j, h); err != nil {
+				d.fail(err)
+			}
+			return
 		}
-		j.hashed = prefix
 	}
-	j.hashing = false
-	if j.remaining > 0 || j.finished {
-		j.mu.Unlock()
-		return nil
-	}
-	j.finished = true
-	j.mu.Unlock()
-	return d.finish(j)
 }
 
-// hashInline feeds the checksum with bytes just written at off when they are exactly the
-// next ones it needs: a file fetched in one stream (and the first chunk of each file) is
-// hashed as it arrives, with no second read. Other chunks are read back by chunkComplete.
-func (j *fileJob) hashInline(off int64, b []byte) {
-	j.mu.Lock()
-	if j.f.Digest.IsZero() || j.hashing || j.hashed != off || j.st.Size < 0 {
-		j.mu.Unlock()
-		return
-	}
-	if j.h == nil {
-		j.h = j.f.Digest.newHash(j.st.Size)
-	}
-	j.hashing = true
-	j.mu.Unlock()
-	j.h.Write(b)
-	j.mu.Lock()
-	j.hashed += int64(len(b))
-	j.hashing = false
-	j.mu.Unlock()
-}
+var hashBuffers = sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}
 
-// completePrefix is the length of the leading run of complete chunks.
-func (j *fileJob) completePrefix() int64 {
+// writtenPrefix is how far the file is written without a gap: complete chunks, then what
+// the first incomplete one has. Until its size is known (it is needed first by Git blob
+// ids) a file of unknown size counts as not written.
+func (j *fileJob) writtenPrefix() int64 {
+	if j.st.Size < 0 {
+		return 0
+	}
 	var n int64
 	for i, c := range j.chunks {
-		if c.end < 0 || j.st.Done[i] < c.len() {
-			break
+		if j.st.Done[i] < c.len() {
+			return c.start + j.st.Done[i]
 		}
 		n = c.end
 	}
 	return n
 }
 
-func hashRange(j *fileJob, from, to int64, buf []byte) error {
+func hashRange(j *fileJob, h hash.Hash, from, to int64, buf []byte) error {
 	fd, err := j.open()
 	if err != nil {
 		return err
 	}
-	_, err = io.CopyBuffer(j.h, io.NewSectionReader(fd, from, to-from), buf)
+	_, err = io.CopyBuffer(h, io.NewSectionReader(fd, from, to-from), buf)
 	if err != nil {
 		return fmt.Errorf("reading back %s to verify it: %w", j.part, err)
 	}
@@ -491,16 +513,13 @@ func hashRange(j *fileJob, from, to int64, buf []byte) error {
 }
 
 // finish checks the digest and moves the file to its final place.
-func (d *download) finish(j *fileJob) error {
+func (d *download) finish(j *fileJob, h hash.Hash) error {
 	if _, err := j.open(); err != nil { // an empty file has no chunk that created it
 		return err
 	}
 	j.closeFile()
 	if !j.f.Digest.IsZero() {
-		if j.h == nil {
-			j.h = j.f.Digest.newHash(0)
-		}
-		got := hex.EncodeToString(j.h.Sum(nil))
+		got := hex.EncodeToString(h.Sum(nil))
 		switch {
 		case got == j.f.Digest.Hex:
 			d.verified.Add(1)

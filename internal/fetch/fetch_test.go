@@ -269,11 +269,12 @@ func TestMessagesCarryNoURLSecrets(t *testing.T) {
 func TestProgressIsLogged(t *testing.T) {
 	content := randomBytes(12, 2<<20)
 	srv := newFileServer(t, map[string][]byte{"model.bin": content})
-	srv.set(5*time.Millisecond, "")
+	srv.set(10*time.Millisecond, "") // about 0.3 s on one connection: several progress intervals
 	var lines []string
 	var mu sync.Mutex
 	opts := testOptions(t, srv.URL+"/model.bin")
 	opts.ProgressInterval = 50 * time.Millisecond
+	opts.Concurrency = 1
 	opts.Log = funcr.New(func(prefix, args string) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -291,9 +292,11 @@ func TestProgressIsLogged(t *testing.T) {
 	if len(progress) == 0 {
 		t.Fatalf("no progress line in %q", lines)
 	}
+	// The last line comes after some bytes arrived, so it has a rate and an ETA.
+	last := progress[len(progress)-1]
 	for _, want := range []string{`"bytes"=`, `"of"="2.0 MiB"`, `"rate"=`, `"percent"=`, `"eta"=`, `"files"="0/1"`} {
-		if !strings.Contains(progress[0], want) {
-			t.Errorf("progress line %s lacks %s", progress[0], want)
+		if !strings.Contains(last, want) {
+			t.Errorf("progress line %s lacks %s", last, want)
 		}
 	}
 }
