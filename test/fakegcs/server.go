@@ -25,6 +25,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/helixflow/helixflow/test/faultbody"
+
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -676,7 +678,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, objects map[string
 // armed faults.
 func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 	key := o.bucket + "/" + o.name
-	rs, done, err := openContent(o.data, o.diskPath)
+	rs, done, err := faultbody.Open(o.data, o.diskPath)
 	if err != nil {
 		apiError(w, http.StatusInternalServerError, err.Error(), "backendError")
 		return
@@ -689,7 +691,7 @@ func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 	}
 	s.mu.Unlock()
 	if corrupt && o.size > 0 {
-		rs = &flipReader{rs: rs, off: o.size / 2}
+		rs = &faultbody.FlipReader{RS: rs, Off: o.size / 2}
 	}
 	h := w.Header()
 	h.Set("Content-Type", o.contentType)
@@ -701,16 +703,16 @@ func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 	h.Set("X-Goog-Storage-Class", "STANDARD")
 	h.Add("X-Goog-Hash", "crc32c="+crc32cBase64(o.crc32c))
 	h.Add("X-Goog-Hash", "md5="+base64.StdEncoding.EncodeToString(o.md5))
-	bw := &bodyWriter{
+	bw := &faultbody.Writer{
 		ResponseWriter: w,
-		record: func(n int64) {
+		Record: func(n int64) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			s.stats.BodyBytes += n
 			s.stats.ObjectBytes[key] += n
 		},
-		cutAt: cutAt,
-		mayCut: func() bool {
+		CutAt: cutAt,
+		MayCut: func() bool {
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			if s.cutDone[key] || s.cutAt < 0 {
@@ -719,8 +721,8 @@ func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 			s.cutDone[key] = true
 			return true
 		},
-		bytesPerSec: bps,
-		start:       time.Now(),
+		BytesPerSec: bps,
+		Start:       time.Now(),
 	}
 	http.ServeContent(bw, r, "", o.created, rs)
 }

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/helixflow/helixflow/test/faultbody"
 )
 
 // DefaultTreePageSize is the number of entries per tree page unless
@@ -552,7 +554,7 @@ func (h *Hub) cdn(w http.ResponseWriter, r *http.Request, sum string) {
 // armed faults.
 func (h *Hub) serveFile(w http.ResponseWriter, r *http.Request, id string, f *file) {
 	key := id + "/" + f.path
-	rs, done, err := openContent(f.data, f.diskPath)
+	rs, done, err := faultbody.Open(f.data, f.diskPath)
 	if err != nil {
 		hubError(w, http.StatusInternalServerError, "", err.Error())
 		return
@@ -565,18 +567,18 @@ func (h *Hub) serveFile(w http.ResponseWriter, r *http.Request, id string, f *fi
 	}
 	h.mu.Unlock()
 	if corrupt && f.size > 0 {
-		rs = &flipReader{rs: rs, off: f.size / 2}
+		rs = &faultbody.FlipReader{RS: rs, Off: f.size / 2}
 	}
-	bw := &bodyWriter{
+	bw := &faultbody.Writer{
 		ResponseWriter: w,
-		record: func(n int64) {
+		Record: func(n int64) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			h.stats.BodyBytes += n
 			h.stats.FileBytes[key] += n
 		},
-		cutAt: cutAt,
-		mayCut: func() bool {
+		CutAt: cutAt,
+		MayCut: func() bool {
 			h.mu.Lock()
 			defer h.mu.Unlock()
 			if h.cutDone[key] || h.cutAt < 0 {
@@ -585,8 +587,8 @@ func (h *Hub) serveFile(w http.ResponseWriter, r *http.Request, id string, f *fi
 			h.cutDone[key] = true
 			return true
 		},
-		bytesPerSec: bps,
-		start:       time.Now(),
+		BytesPerSec: bps,
+		Start:       time.Now(),
 	}
 	http.ServeContent(bw, r, "", time.Time{}, rs)
 }
