@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -38,6 +39,8 @@ type Index struct {
 	byName map[string]*keyRecord
 
 	shards [numShards]shard
+	// memo finds verified keys of the generated shape with half the hashing (memo.go).
+	memo memo
 }
 
 type shard struct {
@@ -65,6 +68,8 @@ type keyEntry struct {
 	validUntil time.Time
 	record     *keyRecord
 	principal  *Principal
+	// dead is set when the index drops or replaces the entry; memoized copies stop then.
+	dead atomic.Bool
 }
 
 // NewIndex returns an empty index for the ApiKeys of namespace.
@@ -96,6 +101,12 @@ func (x *Index) lookup(key string) *keyEntry {
 	if key == "" || len(key) > MaxKeyLength {
 		return nil
 	}
+	d, memoizable := memoSecret(key)
+	if memoizable {
+		if e := x.memo.get(&d, key); e != nil {
+			return e
+		}
+	}
 	h := hashPresented(key)
 	s := x.shard(&h)
 	s.mu.RLock()
@@ -105,6 +116,9 @@ func (x *Index) lookup(key string) *keyEntry {
 	// decision itself free of data-dependent timing whatever the map implementation does.
 	if e == nil || subtle.ConstantTimeCompare(e.hash[:], h[:]) != 1 {
 		return nil
+	}
+	if memoizable {
+		x.memo.put(&d, key, e)
 	}
 	return e
 }
@@ -177,12 +191,15 @@ func (x *Index) Delete(name string) {
 }
 
 // removeEntries drops rec's hashes that still point at rec; hashes taken over by a newer
-// record (the same key kept across an update) stay. Callers hold x.mu.
+// record (the same key kept across an update) stay, pointing at the new entries. Every entry
+// of rec is dead afterwards. Callers hold x.mu.
 func (x *Index) removeEntries(rec *keyRecord) {
 	if rec == nil {
 		return
 	}
 	for _, e := range rec.keys {
+		// Dead first: a memoized copy must not outlive the entry's removal from the map.
+		e.dead.Store(true)
 		s := x.shard(&e.hash)
 		s.mu.Lock()
 		if cur := s.m[e.hash]; cur != nil && cur.record == rec {
