@@ -119,3 +119,29 @@ func BenchmarkHashPresentedKey(b *testing.B) {
 	}
 	_ = h
 }
+
+// BenchmarkIndexLookup compares, on the same index and keys, the lookup requests take
+// (memoized keys: one SHA-256 block) with the lookup by the hash of the whole key (two
+// blocks), which is what a key's first request and keys of other shapes take.
+func BenchmarkIndexLookup(b *testing.B) {
+	a, headers := benchAuthenticator(b, 100000)
+	x := a.Keys()
+	keys := make([]string, len(headers))
+	for i, h := range headers {
+		keys[i] = h[len("Bearer "):]
+		if x.lookup(keys[i]) == nil {
+			b.Fatal("key not found")
+		}
+	}
+	for name, lookup := range map[string]func(string) *keyEntry{"memoized": x.lookup, "whole-key-hash": x.lookupHash} {
+		b.Run(name, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				if lookup(keys[i%len(keys)]) == nil {
+					b.Fatal("key not found")
+				}
+				i++
+			}
+		})
+	}
+}

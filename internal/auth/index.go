@@ -107,6 +107,15 @@ func (x *Index) lookup(key string) *keyEntry {
 			return e
 		}
 	}
+	e := x.lookupHash(key)
+	if e != nil && memoizable {
+		x.memo.put(&d, key, e)
+	}
+	return e
+}
+
+// lookupHash finds key by the SHA-256 of the whole key, the index's own key.
+func (x *Index) lookupHash(key string) *keyEntry {
 	h := hashPresented(key)
 	s := x.shard(&h)
 	s.mu.RLock()
@@ -116,9 +125,6 @@ func (x *Index) lookup(key string) *keyEntry {
 	// decision itself free of data-dependent timing whatever the map implementation does.
 	if e == nil || subtle.ConstantTimeCompare(e.hash[:], h[:]) != 1 {
 		return nil
-	}
-	if memoizable {
-		x.memo.put(&d, key, e)
 	}
 	return e
 }
