@@ -142,13 +142,12 @@ func Run(ctx context.Context, opts Options) (Summary, error) {
 			return Summary{}, err
 		}
 	}
+	// The marker keeps the URI as given: the no-op check compares it (String redacts it).
 	sum := Summary{
-		Source: src.String(), Revision: opts.Revision, Resolved: resolved, Format: opts.Format,
+		Source: opts.URI, Revision: opts.Revision, Resolved: resolved, Format: opts.Format,
 		Files: len(paths), Bytes: d.present.Load(), Downloaded: d.downloaded.Load(), Reused: reused,
 		Verified: int(d.verified.Load()), Paths: paths, Elapsed: time.Since(start), Completed: time.Now().UTC(),
 	}
-	// The marker names the URI as given (the no-op check compares it), not src.String().
-	sum.Source = opts.URI
 	b, err := json.MarshalIndent(sum, "", "  ")
 	if err != nil {
 		return Summary{}, err
