@@ -37,6 +37,11 @@ type Config struct {
 	// ProbeRuntimeClassName, when set, is the RuntimeClass of probe pods: the one that runs
 	// the NVIDIA container runtime where it is not the node's default (GPU Operator: nvidia).
 	ProbeRuntimeClassName string
+	// WeightsCacheClaim, when set, names a PersistentVolumeClaim (in each model's namespace)
+	// that holds the weights instead of a per-pod emptyDir: they are fetched once into
+	// /models/<model name> on it and reused by every replica and restart (ReadWriteMany for
+	// replicas on several nodes). pvc:// models are not affected.
+	WeightsCacheClaim string
 	// KeyRotationGrace is how long a rotated-out API key stays valid.
 	KeyRotationGrace time.Duration
 

@@ -215,6 +215,10 @@ func (d modelDesired) podTemplate() (corev1.PodTemplateSpec, error) {
 			LabelSelector:     &metav1.LabelSelector{MatchLabels: selectorLabels(m)},
 		}},
 	}
+	if _, _, onPVC := pvcSource(m.Spec.Model.URI); !onPVC && d.cfg.WeightsCacheClaim != "" {
+		// A cache holds many GB: change its group once, not on every pod start.
+		spec.SecurityContext.FSGroupChangePolicy = ptr.To(corev1.FSGroupChangeOnRootMismatch)
+	}
 	if d.pool != nil {
 		spec.Tolerations = d.pool.Spec.Tolerations
 		if aff := nodeAffinity(d.pool.Spec.NodeSelector); aff != nil {
@@ -280,6 +284,10 @@ func (d modelDesired) volumes() []corev1.Volume {
 	models := corev1.Volume{Name: "models", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}
 	if claim, _, ok := pvcSource(d.model.Spec.Model.URI); ok {
 		models.VolumeSource = corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim, ReadOnly: true}}
+	} else if d.cfg.WeightsCacheClaim != "" {
+		// The fetcher writes there (its lock makes replicas sharing it take turns, and its
+		// completion marker makes every later fetch a no-op); the engine mounts it read-only.
+		models.VolumeSource = corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: d.cfg.WeightsCacheClaim}}
 	}
 	vols := []corev1.Volume{
 		models,

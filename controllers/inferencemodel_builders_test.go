@@ -1033,3 +1033,31 @@ func TestBuilderLabels(t *testing.T) {
 		})
 	}
 }
+
+func TestWeightsCacheClaim(t *testing.T) {
+	cached := func(m *servingv1alpha1.InferenceModel) corev1.PodSpec {
+		d := desiredFor(m, nil, 2)
+		d.cfg.WeightsCacheClaim = "weights-cache"
+		return mustDeployment(t, d).Spec.Template.Spec
+	}
+	pod := cached(makeModel("llama").Obj())
+	models := findVolume(t, pod.Volumes, "models")
+	want := corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "weights-cache"}}
+	if diff := cmp.Diff(want, models.VolumeSource); diff != "" {
+		t.Errorf("models volume with a cache claim (-want +got):\n%s", diff)
+	}
+	if len(pod.InitContainers) != 1 || !hasMount(pod.InitContainers[0], corev1.VolumeMount{Name: "models", MountPath: "/models"}) {
+		t.Errorf("the fetcher does not write into the cache: %+v", pod.InitContainers)
+	}
+	if !hasMount(findContainer(t, pod.Containers, containerEngine), corev1.VolumeMount{Name: "models", MountPath: "/models", ReadOnly: true}) {
+		t.Error("the engine does not read the cache read-only")
+	}
+	if p := pod.SecurityContext.FSGroupChangePolicy; p == nil || *p != corev1.FSGroupChangeOnRootMismatch {
+		t.Errorf("fsGroupChangePolicy = %v, want OnRootMismatch (no recursive chown of the cache at every start)", p)
+	}
+	// pvc:// models keep their own claim, read-only.
+	pod = cached(makeModel("llama").URI("pvc://weights/llama").Obj())
+	if v := findVolume(t, pod.Volumes, "models"); v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != "weights" || !v.PersistentVolumeClaim.ReadOnly {
+		t.Errorf("pvc:// models volume = %+v", v.VolumeSource)
+	}
+}

@@ -50,6 +50,8 @@ func main() {
 	flag.StringVar(&cfg.ClusterDomain, "cluster-domain", cfg.ClusterDomain, "The cluster's DNS domain, for in-cluster URLs.")
 	flag.StringVar(&cfg.ProbeRuntimeClassName, "probe-runtime-class", cfg.ProbeRuntimeClassName,
 		"RuntimeClass of the GPU probe pods (for example nvidia), when the cluster's default runtime does not expose NVML.")
+	flag.StringVar(&cfg.WeightsCacheClaim, "weights-cache-claim", cfg.WeightsCacheClaim,
+		"PersistentVolumeClaim, in each model's namespace, that keeps fetched weights for every replica and restart instead of a per-pod emptyDir (empty: emptyDir).")
 	flag.IntVar(&cfg.MaxConcurrentReconciles, "max-concurrent-reconciles", cfg.MaxConcurrentReconciles,
 		"How many InferenceModels are reconciled at once.")
 	flag.DurationVar(&cfg.KeyRotationGrace, "api-key-rotation-grace", cfg.KeyRotationGrace,

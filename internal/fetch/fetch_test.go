@@ -300,3 +300,33 @@ func TestProgressIsLogged(t *testing.T) {
 		}
 	}
 }
+
+// Replicas sharing a weights cache start their fetches together: one downloads, the others
+// wait for the lock and find the directory complete.
+func TestConcurrentFetchesIntoOneDirectoryDownloadOnce(t *testing.T) {
+	content := randomBytes(13, 2<<20)
+	srv := newFileServer(t, map[string][]byte{"model.gguf": content})
+	srv.set(2*time.Millisecond, "")
+	opts := testOptions(t, srv.URL+"/model.gguf#sha256="+sha256Hex(content))
+	const replicas = 3
+	sums := make([]Summary, replicas)
+	errs := make([]error, replicas)
+	var wg sync.WaitGroup
+	for i := range replicas {
+		wg.Go(func() { sums[i], errs[i] = Run(context.Background(), opts) })
+	}
+	wg.Wait()
+	fetched := 0
+	for i := range replicas {
+		if errs[i] != nil {
+			t.Fatalf("replica %d: %v", i, errs[i])
+		}
+		if !sums[i].NoOp {
+			fetched++
+		}
+	}
+	if fetched != 1 || srv.sent.Load() != int64(len(content)) {
+		t.Errorf("%d of %d fetches downloaded, %d bytes sent; want one download of %d bytes", fetched, replicas, srv.sent.Load(), len(content))
+	}
+	assertFiles(t, opts.Dest, map[string][]byte{"model.gguf": content})
+}
