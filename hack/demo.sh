@@ -184,7 +184,7 @@ up() {
   k get gpool,im,ak -n "$ns" -o wide
 
   step "Conditions"
-  k get im -n "$ns" -o custom-columns='MODEL:.metadata.name,SCHEDULED:.status.conditions[?(@.type=="Scheduled")].reason,AVAILABLE:.status.conditions[?(@.type=="Available")].status,READY:.status.conditions[?(@.type=="Ready")].reason,MESSAGE:.status.conditions[?(@.type=="Scheduled")].message'
+  k get im -n "$ns" -o custom-columns='MODEL:.metadata.name,SCHEDULED:.status.conditions[?(@.type=="Scheduled")].reason,WEIGHTS:.status.conditions[?(@.type=="WeightsReady")].reason,AVAILABLE:.status.conditions[?(@.type=="Available")].status,READY:.status.conditions[?(@.type=="Ready")].reason,MESSAGE:.status.conditions[?(@.type=="Scheduled")].message'
 
   step "Where each model's pods landed (kube-scheduler placed them; kwok runs them as simulated)"
   k get pods -n "$ns" -l serving.helixflow.io/inference-model \
