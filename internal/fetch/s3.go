@@ -40,8 +40,10 @@ const s3Hint = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_REGION)
 // connect builds the client: the SDK's default chain (environment, web identity, instance
 // role) unless the Secret has keys; path-style addressing for custom endpoints, which
 // S3-compatible stores expect.
-func (s *s3Source) connect(ctx context.Context) error {
-	region := s.creds.value("AWS_REGION", "AWS_DEFAULT_REGION")
+func (s *s3Source) connect(ctx context.Context, region string) error {
+	if region == "" {
+		region = s.creds.value("AWS_REGION", "AWS_DEFAULT_REGION")
+	}
 	if region == "" {
 		region = "us-east-1"
 	}
@@ -73,10 +75,37 @@ func (s *s3Source) connect(ctx context.Context) error {
 	return nil
 }
 
+// List lists the objects. A bucket in another region than the one configured answers with
+// a redirect that names its region (x-amz-bucket-region); the listing is then done again
+// there, as the AWS CLI does, rather than asking the user to know it.
 func (s *s3Source) List(ctx context.Context) ([]File, string, error) {
-	if err := s.connect(ctx); err != nil {
+	if err := s.connect(ctx, ""); err != nil {
 		return nil, "", err
 	}
+	files, err := s.list(ctx)
+	if region := bucketRegion(err); region != "" {
+		if err := s.connect(ctx, region); err != nil {
+			return nil, "", err
+		}
+		files, err = s.list(ctx)
+	}
+	if err != nil {
+		return nil, "", s.classify(err, s.String())
+	}
+	return files, "", nil
+}
+
+// bucketRegion is the region an S3 error says the bucket is in, if it says one.
+func bucketRegion(err error) string {
+	var re *awshttp.ResponseError
+	if err == nil || !errors.As(err, &re) || re.Response == nil {
+		return ""
+	}
+	return re.Response.Header.Get("X-Amz-Bucket-Region")
+}
+
+// list returns the objects under the prefix, or the one object it names; errors unclassified.
+func (s *s3Source) list(ctx context.Context) ([]File, error) {
 	dir := s.prefix
 	if dir != "" {
 		dir += "/"
@@ -86,7 +115,7 @@ func (s *s3Source) List(ctx context.Context) ([]File, string, error) {
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, "", s.classify(err, s.String())
+			return nil, err
 		}
 		for _, o := range page.Contents {
 			key := aws.ToString(o.Key)
@@ -101,12 +130,12 @@ func (s *s3Source) List(ctx context.Context) ([]File, string, error) {
 		// s3://bucket/model.gguf names one object.
 		head, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: aws.String(s.bucket), Key: aws.String(s.prefix)})
 		if err != nil {
-			return nil, "", s.classify(err, s.String())
+			return nil, err
 		}
 		files = append(files, File{Path: path.Base(s.prefix), Size: aws.ToInt64(head.ContentLength), Ranged: true,
 			Digest: trustedETag(head), ref: s.prefix})
 	}
-	return files, "", nil
+	return files, nil
 }
 
 // etagDigest is the MD5 an ETag is for objects uploaded in one part ("<32 hex>"); a

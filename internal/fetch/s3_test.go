@@ -3,7 +3,10 @@ package fetch
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -17,12 +20,35 @@ import (
 // startS3 runs gofakes3, an S3-compatible server, with a bucket of objects, uploaded with
 // the AWS SDK as a user would.
 func startS3(t *testing.T, bucket string, objects map[string][]byte) (env map[string]string) {
+	return startS3In(t, "", bucket, objects)
+}
+
+// startS3In is startS3 with the bucket in region: requests signed for another region get
+// the 301 PermanentRedirect with x-amz-bucket-region that AWS S3 answers.
+func startS3In(t *testing.T, region, bucket string, objects map[string][]byte) (env map[string]string) {
 	t.Helper()
-	ts := httptest.NewServer(gofakes3.New(s3mem.New()).Server())
+	fake := gofakes3.New(s3mem.New()).Server()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// SigV4: Credential=<key id>/<date>/<region>/s3/aws4_request
+		if _, scope, ok := strings.Cut(r.Header.Get("Authorization"), "Credential="); ok && region != "" {
+			if parts := strings.Split(scope, "/"); len(parts) > 2 && parts[2] != region {
+				w.Header().Set("X-Amz-Bucket-Region", region)
+				w.Header().Set("Content-Type", "application/xml")
+				w.WriteHeader(http.StatusMovedPermanently)
+				_, _ = io.WriteString(w, `<Error><Code>PermanentRedirect</Code><Message>The bucket you are attempting to access must be addressed using the specified endpoint.</Message></Error>`)
+				return
+			}
+		}
+		fake.ServeHTTP(w, r)
+	}))
 	t.Cleanup(ts.Close)
-	env = map[string]string{"AWS_ENDPOINT_URL": ts.URL, "AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": "eu-west-1"}
+	upload := region
+	if upload == "" {
+		upload = "eu-west-1"
+	}
+	env = map[string]string{"AWS_ENDPOINT_URL": ts.URL, "AWS_ACCESS_KEY_ID": "AKIATEST", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_REGION": upload}
 	ctx := context.Background()
-	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion("eu-west-1"),
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(upload),
 		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("AKIATEST", "secret", "")))
 	if err != nil {
 		t.Fatal(err)
@@ -80,4 +106,20 @@ func TestS3MissingBucketOrPrefixIsNotFound(t *testing.T) {
 		_, err := Run(context.Background(), opts)
 		wantKind(t, err, KindNotFound, "not found")
 	}
+}
+
+// A bucket in another region than AWS_REGION (or the us-east-1 default) is found where S3's
+// redirect says it is.
+func TestS3BucketInAnotherRegion(t *testing.T) {
+	files := map[string][]byte{"config.json": []byte(`{}`), "model.safetensors": randomBytes(14, 300<<10)}
+	objects := map[string][]byte{}
+	for name, b := range files {
+		objects["m/"+name] = b
+	}
+	env := startS3In(t, "ap-southeast-2", "weights", objects)
+	delete(env, "AWS_REGION")
+	opts := testOptions(t, "s3://weights/m")
+	opts.Credentials.Getenv = envFrom(env)
+	mustRun(t, opts)
+	assertFiles(t, opts.Dest, files)
 }
