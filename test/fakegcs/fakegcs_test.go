@@ -214,8 +214,8 @@ func TestServiceAccountFlowListAndRangedDownload(t *testing.T) {
 	if s.Auth[fakegcs.KindToken][0] != "" || !strings.HasPrefix(s.Auth[fakegcs.KindMedia][0], "Bearer ya29.") {
 		t.Errorf("authorization seen %v", s.Auth)
 	}
-	if want := int64(1000 + 3*len(shard)); s.BodyBytes != want || s.ObjectBytes["bkt/models/llama/model.safetensors"] != want {
-		t.Errorf("bytes %d / %v, want %d", s.BodyBytes, s.ObjectBytes, want)
+	if want := int64(1000 + 3*len(shard)); s.BodyBytes != want || s.ItemBytes["bkt/models/llama/model.safetensors"] != want {
+		t.Errorf("bytes %d / %v, want %d", s.BodyBytes, s.ItemBytes, want)
 	}
 }
 
@@ -403,8 +403,8 @@ func TestPutFileCountersAndFaults(t *testing.T) {
 		t.Fatalf("resume: %d, %d bytes", resp.StatusCode, len(rest))
 	}
 	s := srv.Stats()
-	if s.ObjectBytes["b/dir/w.bin"] != int64(len(content)) || s.Requests[fakegcs.KindMedia] != 2 {
-		t.Errorf("after cut and resume: %d bytes in %d requests, want %d in 2", s.ObjectBytes["b/dir/w.bin"], s.Requests[fakegcs.KindMedia], len(content))
+	if s.ItemBytes["b/dir/w.bin"] != int64(len(content)) || s.Requests[fakegcs.KindMedia] != 2 {
+		t.Errorf("after cut and resume: %d bytes in %d requests, want %d in 2", s.ItemBytes["b/dir/w.bin"], s.Requests[fakegcs.KindMedia], len(content))
 	}
 
 	srv.Corrupt("b", "dir/w.bin")

@@ -52,28 +52,9 @@ const (
 	KindOther Kind = "other"
 )
 
-// Stats counts what the server served since it started or since ResetStats.
-type Stats struct {
-	// Requests counts requests per kind, whatever their answer.
-	Requests map[Kind]int
-	// BodyBytes is the number of object content bytes written, including bytes
-	// of responses cut short.
-	BodyBytes int64
-	// ObjectBytes splits BodyBytes per object, keyed "bucket/name".
-	ObjectBytes map[string]int64
-	// Auth holds the Authorization header of each request per kind, in arrival
-	// order ("" when absent).
-	Auth map[Kind][]string
-}
-
-// TotalRequests is the number of requests of all kinds.
-func (s Stats) TotalRequests() int {
-	n := 0
-	for _, c := range s.Requests {
-		n += c
-	}
-	return n
-}
+// Stats counts what the double served since it started or since ResetStats; ItemBytes is
+// keyed "bucket/name".
+type Stats = faultbody.Stats[Kind]
 
 type object struct {
 	bucket, name string
@@ -276,17 +257,7 @@ func (s *Server) CutAfter(n int64) {
 func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := Stats{Requests: map[Kind]int{}, BodyBytes: s.stats.BodyBytes, ObjectBytes: map[string]int64{}, Auth: map[Kind][]string{}}
-	for k, v := range s.stats.Requests {
-		out.Requests[k] = v
-	}
-	for k, v := range s.stats.ObjectBytes {
-		out.ObjectBytes[k] = v
-	}
-	for k, v := range s.stats.Auth {
-		out.Auth[k] = append([]string(nil), v...)
-	}
-	return out
+	return s.stats.Clone()
 }
 
 // ResetStats zeroes the counters.
@@ -297,14 +268,13 @@ func (s *Server) ResetStats() {
 }
 
 func (s *Server) resetStatsLocked() {
-	s.stats = Stats{Requests: map[Kind]int{}, ObjectBytes: map[string]int64{}, Auth: map[Kind][]string{}}
+	s.stats = faultbody.NewStats[Kind]()
 }
 
 func (s *Server) count(kind Kind, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.stats.Requests[kind]++
-	s.stats.Auth[kind] = append(s.stats.Auth[kind], r.Header.Get("Authorization"))
+	s.stats.Request(kind, r)
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -708,8 +678,7 @@ func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 		Record: func(n int64) {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			s.stats.BodyBytes += n
-			s.stats.ObjectBytes[key] += n
+			s.stats.Body(key, n)
 		},
 		CutAt: cutAt,
 		MayCut: func() bool {

@@ -434,7 +434,7 @@ func TestStats(t *testing.T) {
 		"org/model/model.safetensors": int64(len(weights)),
 		"org/model/docs/big.txt":      int64(len(bigText) - 1000),
 	}
-	if diff := cmp.Diff(wantFiles, s.FileBytes); diff != "" {
+	if diff := cmp.Diff(wantFiles, s.ItemBytes); diff != "" {
 		t.Errorf("file bytes (-want +got):\n%s", diff)
 	}
 	if want := int64(len(configJSON) + len(weights) + len(bigText) - 1000); s.BodyBytes != want {
@@ -449,7 +449,7 @@ func TestStats(t *testing.T) {
 		t.Errorf("authorization seen (-want +got):\n%s", diff)
 	}
 	hub.ResetStats()
-	if s := hub.Stats(); s.TotalRequests() != 0 || s.BodyBytes != 0 || len(s.FileBytes) != 0 {
+	if s := hub.Stats(); s.TotalRequests() != 0 || s.BodyBytes != 0 || len(s.ItemBytes) != 0 {
 		t.Errorf("after reset: %+v", s)
 	}
 }
@@ -510,7 +510,7 @@ func TestCutAfter(t *testing.T) {
 			t.Errorf("%s: second download: %d of %d bytes", p, len(body), resp.ContentLength)
 		}
 	}
-	if got := hub.Stats().FileBytes["org/model/model.safetensors"]; got != int64(1000+len(weights)) {
+	if got := hub.Stats().ItemBytes["org/model/model.safetensors"]; got != int64(1000+len(weights)) {
 		t.Errorf("bytes counted for the cut file: %d, want %d", got, 1000+len(weights))
 	}
 }
@@ -608,7 +608,7 @@ func TestGeneratedModelDir(t *testing.T) {
 	if !bytes.Equal(got, shard) {
 		t.Error("reassembled ranges differ from the file")
 	}
-	if got := hub.Stats().FileBytes["org/big/model-00001-of-00002.safetensors"]; got != int64(len(shard)) {
+	if got := hub.Stats().ItemBytes["org/big/model-00001-of-00002.safetensors"]; got != int64(len(shard)) {
 		t.Errorf("counted %d bytes for the shard, want %d", got, len(shard))
 	}
 }

@@ -42,28 +42,9 @@ const (
 	KindOther Kind = "other"
 )
 
-// Stats counts what the Hub served since it started or since ResetStats.
-type Stats struct {
-	// Requests counts requests per kind, whatever their answer.
-	Requests map[Kind]int
-	// BodyBytes is the number of file content bytes written (resolve of regular
-	// files and CDN), including bytes of responses cut short.
-	BodyBytes int64
-	// FileBytes splits BodyBytes per file, keyed "org/name/path".
-	FileBytes map[string]int64
-	// Auth holds the Authorization header of each request per kind, in arrival
-	// order ("" when absent).
-	Auth map[Kind][]string
-}
-
-// TotalRequests is the number of requests of all kinds.
-func (s Stats) TotalRequests() int {
-	n := 0
-	for _, c := range s.Requests {
-		n += c
-	}
-	return n
-}
+// Stats counts what the double served since it started or since ResetStats; ItemBytes is
+// keyed "org/name/path".
+type Stats = faultbody.Stats[Kind]
 
 // Hub is a running fake Hugging Face Hub. Its methods are safe for concurrent
 // use, also while it serves requests.
@@ -180,22 +161,7 @@ func (h *Hub) CutAfter(n int64) {
 func (h *Hub) Stats() Stats {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := Stats{
-		Requests:  map[Kind]int{},
-		BodyBytes: h.stats.BodyBytes,
-		FileBytes: map[string]int64{},
-		Auth:      map[Kind][]string{},
-	}
-	for k, v := range h.stats.Requests {
-		s.Requests[k] = v
-	}
-	for k, v := range h.stats.FileBytes {
-		s.FileBytes[k] = v
-	}
-	for k, v := range h.stats.Auth {
-		s.Auth[k] = append([]string(nil), v...)
-	}
-	return s
+	return h.stats.Clone()
 }
 
 // ResetStats zeroes the counters.
@@ -206,14 +172,13 @@ func (h *Hub) ResetStats() {
 }
 
 func (h *Hub) resetStatsLocked() {
-	h.stats = Stats{Requests: map[Kind]int{}, FileBytes: map[string]int64{}, Auth: map[Kind][]string{}}
+	h.stats = faultbody.NewStats[Kind]()
 }
 
 func (h *Hub) count(kind Kind, r *http.Request) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.stats.Requests[kind]++
-	h.stats.Auth[kind] = append(h.stats.Auth[kind], r.Header.Get("Authorization"))
+	h.stats.Request(kind, r)
 }
 
 func (h *Hub) serveHTTP(w http.ResponseWriter, r *http.Request) {
@@ -574,8 +539,7 @@ func (h *Hub) serveFile(w http.ResponseWriter, r *http.Request, id string, f *fi
 		Record: func(n int64) {
 			h.mu.Lock()
 			defer h.mu.Unlock()
-			h.stats.BodyBytes += n
-			h.stats.FileBytes[key] += n
+			h.stats.Body(key, n)
 		},
 		CutAt: cutAt,
 		MayCut: func() bool {
