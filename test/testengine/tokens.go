@@ -57,7 +57,9 @@ func appendCompletionText(b []byte, n int) []byte {
 
 // CountWords returns the number of whitespace-separated words in s, as len(strings.Fields(s))
 // would, without allocating. It is the test engine's token count for text.
-func CountWords(s string) int {
+func CountWords(s string) int { return countWords(s) }
+
+func countWords[T string | []byte](s T) int {
 	n, in := 0, false
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -66,7 +68,8 @@ func CountWords(s string) int {
 			space = asciiSpace[c]
 			i++
 		} else {
-			r, size := utf8.DecodeRuneInString(s[i:])
+			// At most UTFMax bytes: the conversion uses a stack buffer, no allocation.
+			r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
 			space = unicode.IsSpace(r)
 			i += size
 		}
@@ -107,7 +110,7 @@ func (c *contentWords) UnmarshalJSON(raw []byte) error {
 		return nil
 	case '"':
 		if len(raw) >= 2 && bytes.IndexByte(raw, '\\') < 0 {
-			*c = contentWords(countWordsBytes(raw[1 : len(raw)-1]))
+			*c = contentWords(countWords(raw[1 : len(raw)-1]))
 			return nil
 		}
 		var s string
@@ -131,29 +134,6 @@ func (c *contentWords) UnmarshalJSON(raw []byte) error {
 		return nil
 	}
 	return errContent
-}
-
-func countWordsBytes(b []byte) int {
-	n, in := 0, false
-	for i := 0; i < len(b); {
-		c := b[i]
-		var space bool
-		if c < utf8.RuneSelf {
-			space = asciiSpace[c]
-			i++
-		} else {
-			r, size := utf8.DecodeRune(b[i:])
-			space = unicode.IsSpace(r)
-			i += size
-		}
-		if space {
-			in = false
-		} else if !in {
-			in = true
-			n++
-		}
-	}
-	return n
 }
 
 // countInput counts the tokens of a completions prompt: words of a string or of each string of
