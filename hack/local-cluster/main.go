@@ -269,22 +269,7 @@ func healthy(ctx context.Context, dir string, procs []localcluster.Process) bool
 }
 
 func readPIDs(dir string) ([]localcluster.Process, error) {
-	data, err := os.ReadFile(filepath.Join(dir, pidsFile))
-	if err != nil {
-		return nil, err
-	}
-	var procs []localcluster.Process
-	for line := range strings.Lines(string(data)) {
-		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		p, err := localcluster.ParseProcess(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, pidsFile), err)
-		}
-		procs = append(procs, p)
-	}
-	return procs, nil
+	return localcluster.ReadPIDFile(filepath.Join(dir, pidsFile))
 }
 
 // writePIDs writes the PID file through a rename, so that a reader never sees half of it.

@@ -276,20 +276,9 @@ func clusterClient(t *testing.T, kubeconfig string) client.Client {
 // readProcs reads a PID file of hack/local-cluster or hack/demo.sh (NAME PID STARTTIME lines).
 func readProcs(t *testing.T, path string) []localcluster.Process {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	procs, err := localcluster.ReadPIDFile(path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	var procs []localcluster.Process
-	for line := range strings.Lines(string(data)) {
-		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		p, err := localcluster.ParseProcess(line)
-		if err != nil {
-			t.Fatal(err)
-		}
-		procs = append(procs, p)
 	}
 	return procs
 }

@@ -42,6 +42,27 @@ func ParseProcess(line string) (Process, error) {
 	return Process{Name: f[0], PID: pid, StartTime: start}, nil
 }
 
+// ReadPIDFile reads a file of Process.String lines (blank lines and # comments skipped), as
+// hack/local-cluster and hack/demo.sh write them.
+func ReadPIDFile(path string) ([]Process, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var procs []Process
+	for line := range strings.Lines(string(data)) {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		p, err := ParseProcess(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		procs = append(procs, p)
+	}
+	return procs, nil
+}
+
 // ProcessOf identifies the running process pid.
 func ProcessOf(name string, pid int) (Process, error) {
 	start, state, err := procStat(pid)
