@@ -76,19 +76,18 @@ type Server struct {
 	keyOnce sync.Once
 	email   string
 
-	mu          sync.Mutex
-	key         *rsa.PrivateKey
-	keyID       string
-	public      bool
-	pageSize    int
-	buckets     map[string]map[string]*object
-	tokens      map[string]time.Time
-	generation  int64
-	corrupt     map[string]bool
-	bytesPerSec int64
-	cutAt       int64
-	cutDone     map[string]bool
-	stats       Stats
+	mu         sync.Mutex
+	key        *rsa.PrivateKey
+	keyID      string
+	public     bool
+	pageSize   int
+	buckets    map[string]map[string]*object
+	tokens     map[string]time.Time
+	generation int64
+
+	// Faults holds the armed faults and the counters: Throttle, CutAfter, Stats and
+	// ResetStats are the server's.
+	*faultbody.Faults[Kind]
 }
 
 // New starts a server on 127.0.0.1 with no buckets that requires an access
@@ -100,11 +99,8 @@ func New() *Server {
 		buckets:    map[string]map[string]*object{},
 		tokens:     map[string]time.Time{},
 		generation: 1700000000000000,
-		corrupt:    map[string]bool{},
-		cutAt:      -1,
-		cutDone:    map[string]bool{},
+		Faults:     faultbody.NewFaults[Kind](),
 	}
-	s.resetStatsLocked()
 	s.srv = httptest.NewServer(http.HandlerFunc(s.serveHTTP))
 	return s
 }
@@ -229,58 +225,12 @@ func (s *Server) ServiceAccountJSON() []byte {
 
 // Corrupt serves bucket/name with its middle byte inverted, while metadata
 // and x-goog-hash still give the true hashes.
-func (s *Server) Corrupt(bucket, name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.corrupt[bucket+"/"+name] = true
-}
-
-// Throttle limits each object body response to bytesPerSec (0 turns it off).
-func (s *Server) Throttle(bytesPerSec int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.bytesPerSec = bytesPerSec
-}
-
-// CutAfter arms a dropped connection: the next body response of each object
-// (any range) that goes past n body bytes writes n bytes and then closes the
-// connection. Each object is cut once per call; later requests succeed. A
-// negative n turns it off.
-func (s *Server) CutAfter(n int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.cutAt = n
-	s.cutDone = map[string]bool{}
-}
-
-// Stats returns a copy of the counters.
-func (s *Server) Stats() Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stats.Clone()
-}
-
-// ResetStats zeroes the counters.
-func (s *Server) ResetStats() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.resetStatsLocked()
-}
-
-func (s *Server) resetStatsLocked() {
-	s.stats = faultbody.NewStats[Kind]()
-}
-
-func (s *Server) count(kind Kind, r *http.Request) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.stats.Request(kind, r)
-}
+func (s *Server) Corrupt(bucket, name string) { s.CorruptItem(bucket + "/" + name) }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.EscapedPath()
 	if p == "/token" {
-		s.count(KindToken, r)
+		s.Count(KindToken, r)
 		if r.Method != http.MethodPost {
 			apiError(w, http.StatusMethodNotAllowed, "Method Not Allowed", "methodNotAllowed")
 			return
@@ -289,7 +239,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	kind, bucket, name, xml := route(p, r.URL.Query().Get("alt") == "media")
-	s.count(kind, r)
+	s.Count(kind, r)
 	if kind == KindOther {
 		apiError(w, http.StatusNotFound, "Not Found", "notFound")
 		return
@@ -654,15 +604,6 @@ func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 		return
 	}
 	defer done()
-	s.mu.Lock()
-	corrupt, bps, cutAt := s.corrupt[key], s.bytesPerSec, s.cutAt
-	if s.cutDone[key] {
-		cutAt = -1
-	}
-	s.mu.Unlock()
-	if corrupt && o.size > 0 {
-		rs = &faultbody.FlipReader{RS: rs, Off: o.size / 2}
-	}
 	h := w.Header()
 	h.Set("Content-Type", o.contentType)
 	h.Set("ETag", `"`+hex.EncodeToString(o.md5)+`"`)
@@ -673,25 +614,5 @@ func (s *Server) media(w http.ResponseWriter, r *http.Request, o *object) {
 	h.Set("X-Goog-Storage-Class", "STANDARD")
 	h.Add("X-Goog-Hash", "crc32c="+crc32cBase64(o.crc32c))
 	h.Add("X-Goog-Hash", "md5="+base64.StdEncoding.EncodeToString(o.md5))
-	bw := &faultbody.Writer{
-		ResponseWriter: w,
-		Record: func(n int64) {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.stats.Body(key, n)
-		},
-		CutAt: cutAt,
-		MayCut: func() bool {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			if s.cutDone[key] || s.cutAt < 0 {
-				return false
-			}
-			s.cutDone[key] = true
-			return true
-		},
-		BytesPerSec: bps,
-		Start:       time.Now(),
-	}
-	http.ServeContent(bw, r, "", o.created, rs)
+	s.Serve(w, r, key, rs, o.size, o.created)
 }

@@ -52,15 +52,14 @@ type Hub struct {
 	srv    *httptest.Server
 	secret []byte
 
-	mu          sync.Mutex
-	repos       map[string]*repo
-	tokens      map[string]bool
-	pageSize    int
-	corrupt     map[string]bool
-	bytesPerSec int64
-	cutAt       int64
-	cutDone     map[string]bool
-	stats       Stats
+	mu       sync.Mutex
+	repos    map[string]*repo
+	tokens   map[string]bool
+	pageSize int
+
+	// Faults holds the armed faults and the counters: Throttle, CutAfter, Stats and
+	// ResetStats are the Hub's.
+	*faultbody.Faults[Kind]
 }
 
 // New starts a Hub on 127.0.0.1 with no repositories. Close it when done.
@@ -70,12 +69,9 @@ func New() *Hub {
 		repos:    map[string]*repo{},
 		tokens:   map[string]bool{},
 		pageSize: DefaultTreePageSize,
-		corrupt:  map[string]bool{},
-		cutAt:    -1,
-		cutDone:  map[string]bool{},
+		Faults:   faultbody.NewFaults[Kind](),
 	}
 	_, _ = rand.Read(h.secret)
-	h.resetStatsLocked()
 	h.srv = httptest.NewServer(http.HandlerFunc(h.serveHTTP))
 	return h
 }
@@ -133,58 +129,12 @@ func (h *Hub) SetTreePageSize(n int) {
 
 // Corrupt serves the file path of repo id with its middle byte inverted, while
 // the tree, ETags and X-Linked-Etag still give the true hashes.
-func (h *Hub) Corrupt(id, path string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.corrupt[id+"/"+path] = true
-}
-
-// Throttle limits each file body response to bytesPerSec (0 turns it off).
-func (h *Hub) Throttle(bytesPerSec int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.bytesPerSec = bytesPerSec
-}
-
-// CutAfter arms a dropped connection: the next body response of each file
-// (resolve or CDN, any range) that goes past n body bytes writes n bytes and
-// then closes the connection. Each file is cut once per call; later requests
-// for it succeed. A negative n turns it off.
-func (h *Hub) CutAfter(n int64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.cutAt = n
-	h.cutDone = map[string]bool{}
-}
-
-// Stats returns a copy of the counters.
-func (h *Hub) Stats() Stats {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.stats.Clone()
-}
-
-// ResetStats zeroes the counters.
-func (h *Hub) ResetStats() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.resetStatsLocked()
-}
-
-func (h *Hub) resetStatsLocked() {
-	h.stats = faultbody.NewStats[Kind]()
-}
-
-func (h *Hub) count(kind Kind, r *http.Request) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.stats.Request(kind, r)
-}
+func (h *Hub) Corrupt(id, path string) { h.CorruptItem(id + "/" + path) }
 
 func (h *Hub) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	segs := strings.Split(strings.TrimPrefix(r.URL.EscapedPath(), "/"), "/")
 	kind, handle := h.route(segs)
-	h.count(kind, r)
+	h.Count(kind, r)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
 		hubError(w, http.StatusMethodNotAllowed, "", "Method Not Allowed")
@@ -518,41 +468,11 @@ func (h *Hub) cdn(w http.ResponseWriter, r *http.Request, sum string) {
 // serveFile writes f's content with Range support, counting and applying the
 // armed faults.
 func (h *Hub) serveFile(w http.ResponseWriter, r *http.Request, id string, f *file) {
-	key := id + "/" + f.path
 	rs, done, err := faultbody.Open(f.data, f.diskPath)
 	if err != nil {
 		hubError(w, http.StatusInternalServerError, "", err.Error())
 		return
 	}
 	defer done()
-	h.mu.Lock()
-	corrupt, bps, cutAt := h.corrupt[key], h.bytesPerSec, h.cutAt
-	if h.cutDone[key] {
-		cutAt = -1
-	}
-	h.mu.Unlock()
-	if corrupt && f.size > 0 {
-		rs = &faultbody.FlipReader{RS: rs, Off: f.size / 2}
-	}
-	bw := &faultbody.Writer{
-		ResponseWriter: w,
-		Record: func(n int64) {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			h.stats.Body(key, n)
-		},
-		CutAt: cutAt,
-		MayCut: func() bool {
-			h.mu.Lock()
-			defer h.mu.Unlock()
-			if h.cutDone[key] || h.cutAt < 0 {
-				return false
-			}
-			h.cutDone[key] = true
-			return true
-		},
-		BytesPerSec: bps,
-		Start:       time.Now(),
-	}
-	http.ServeContent(bw, r, "", time.Time{}, rs)
+	h.Serve(w, r, id+"/"+f.path, rs, f.size, time.Time{})
 }
