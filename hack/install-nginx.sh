@@ -4,6 +4,8 @@
 # installed; otherwise installs nginx-light (or nginx) with apt-get, through sudo when not root.
 # Prints the binary's path on stdout; apt's output goes to stderr.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 find_nginx() {
   if command -v nginx >/dev/null 2>&1; then command -v nginx; return 0; fi
@@ -16,20 +18,7 @@ if path="$(find_nginx)"; then
   exit 0
 fi
 
-sudo=()
-if [[ "$(id -u)" != 0 ]]; then
-  if ! command -v sudo >/dev/null 2>&1; then
-    echo "install-nginx: nginx is missing and installing it needs root (no sudo here)" >&2
-    exit 1
-  fi
-  sudo=(sudo -n)
-fi
-export DEBIAN_FRONTEND=noninteractive
-echo "install-nginx: installing nginx with apt-get" >&2
-"${sudo[@]}" apt-get update -qq >&2
-if ! "${sudo[@]}" apt-get install -y -qq --no-install-recommends nginx-light >&2; then
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends nginx >&2
-fi
+apt_install install-nginx nginx-light nginx
 if ! path="$(find_nginx)"; then
   echo "install-nginx: apt-get finished but no nginx binary was found" >&2
   exit 1

@@ -10,6 +10,8 @@
 # The generated files name the protoc version in their header, so `make verify` expects the
 # version below; a different protoc fails the drift check instead of passing silently.
 set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib/apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 want_version="3.21.12"
 
@@ -20,18 +22,7 @@ find_protoc() {
 }
 
 if ! path="$(find_protoc)"; then
-  sudo=()
-  if [[ "$(id -u)" != 0 ]]; then
-    if ! command -v sudo >/dev/null 2>&1; then
-      echo "install-protoc: protoc is missing and installing it needs root (no sudo here)" >&2
-      exit 1
-    fi
-    sudo=(sudo -n)
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  echo "install-protoc: installing protobuf-compiler with apt-get" >&2
-  "${sudo[@]}" apt-get update -qq >&2
-  "${sudo[@]}" apt-get install -y -qq --no-install-recommends protobuf-compiler >&2
+  apt_install install-protoc protobuf-compiler
   if ! path="$(find_protoc)"; then
     echo "install-protoc: apt-get finished but no protoc binary was found" >&2
     exit 1
