@@ -171,23 +171,8 @@ func (s *gcsSource) get(ctx context.Context, u string, v any) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return errorf(KindInvalid, "%s: %v", s, err)
-	}
-	req.Header = h
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return &Error{Kind: KindUnavailable, Msg: s.String(), Err: withoutURL(err)}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return httpStatusError(resp, s.String(), gcsHint)
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
-		return &Error{Kind: KindUnavailable, Msg: s.String() + ": reading the object listing", Err: err}
-	}
-	return nil
+	_, err = getJSON(ctx, s.client, u, h, v, s.String(), gcsHint)
+	return err
 }
 
 func (s *gcsSource) List(ctx context.Context) ([]File, string, error) {

@@ -2,7 +2,6 @@ package fetch
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -75,25 +74,13 @@ func (s *hfSource) authHint() string {
 	return "check that the token in HF_TOKEN has read access and that the repository's access conditions were accepted"
 }
 
-// getJSON GETs an API URL into v and returns the response's Link next URL.
+// getJSON GETs an API URL into v and returns the Link header's next page, if any.
 func (s *hfSource) getJSON(ctx context.Context, u string, v any) (next string, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	h, err := getJSON(ctx, s.client, u, s.header(), v, "hf://"+s.repo+" revision "+s.revision, s.authHint())
 	if err != nil {
-		return "", errorf(KindInvalid, "%s: %v", s, err)
+		return "", err
 	}
-	req.Header = s.header()
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return "", &Error{Kind: KindUnavailable, Msg: s.String(), Err: withoutURL(err)}
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", httpStatusError(resp, "hf://"+s.repo+" revision "+s.revision, s.authHint())
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
-		return "", &Error{Kind: KindUnavailable, Msg: s.String() + ": reading " + u, Err: err}
-	}
-	return nextLink(resp.Header.Get("Link")), nil
+	return nextLink(h.Get("Link")), nil
 }
 
 type hfTreeEntry struct {

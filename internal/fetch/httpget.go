@@ -2,6 +2,7 @@ package fetch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -71,6 +72,28 @@ func rangeGet(ctx context.Context, c *http.Client, url string, header http.Heade
 		defer resp.Body.Close()
 		return nil, httpStatusError(resp, what, hint)
 	}
+}
+
+// getJSON GETs a listing or metadata URL into v and returns the response's headers. what
+// names the source in messages; hint is added to a 401/403.
+func getJSON(ctx context.Context, c *http.Client, u string, header http.Header, v any, what, hint string) (http.Header, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, errorf(KindInvalid, "%s: %v", what, err)
+	}
+	req.Header = header
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, &Error{Kind: KindUnavailable, Msg: what, Err: withoutURL(err)}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, httpStatusError(resp, what, hint)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
+		return nil, &Error{Kind: KindUnavailable, Msg: what + ": reading the listing", Err: err}
+	}
+	return resp.Header, nil
 }
 
 // withoutURL drops the request URL net/http puts in its errors: it may carry a signature
