@@ -66,11 +66,13 @@ type fileJob struct {
 	dirty     bool
 	remaining int      // chunks not yet complete
 	fd        *os.File // opened on first use, closed once verified
-	finished  bool
+	// onDisk is set by plan for a file an interrupted run already verified and moved into
+	// place: there is nothing to fetch or check.
+	onDisk bool
 	// The file's hasher goroutine (see hash) is started with its first piece of work and
 	// woken through kick whenever bytes were written or a chunk completed.
-	hasherStarted bool
-	kick          chan struct{}
+	hasher sync.Once
+	kick   chan struct{}
 }
 
 // download fetches the planned files with a pool of workers.
@@ -101,6 +103,7 @@ func (d *download) plan(dest string, files []File) {
 			final:     filepath.Join(dest, filepath.FromSlash(f.Path)),
 			part:      filepath.Join(partial, "data", filepath.FromSlash(f.Path)),
 			statePath: filepath.Join(partial, "state", filepath.FromSlash(f.Path)+".json"),
+			kick:      make(chan struct{}, 1),
 		}
 		if f.Archive != "" {
 			// An archive stays in the partial directory until it is unpacked.
@@ -114,7 +117,7 @@ func (d *download) plan(dest string, files []File) {
 		}
 		switch {
 		case j.st.Verified && sizeIs(j.final, f.Size):
-			j.finished = true
+			j.onDisk = true
 			d.filesDone.Add(1)
 			d.present.Add(max(f.Size, 0))
 		case j.st.Verified || !sizeIs(j.part, f.Size) && f.Size >= 0:
@@ -125,7 +128,7 @@ func (d *download) plan(dest string, files []File) {
 		if f.Size >= 0 {
 			d.total += f.Size
 		}
-		if !j.finished {
+		if !j.onDisk {
 			for i, c := range j.chunks {
 				if c.end < 0 || j.st.Done[i] < c.len() {
 					j.remaining++
@@ -169,7 +172,7 @@ func readState(p string) (fileState, bool) {
 func (d *download) need() int64 {
 	var n int64
 	for _, j := range d.jobs {
-		if j.finished || j.f.Size < 0 {
+		if j.onDisk || j.f.Size < 0 {
 			continue
 		}
 		n += j.f.Size
@@ -194,7 +197,7 @@ func (d *download) run(ctx context.Context) error {
 	go func() {
 		defer close(queue)
 		for _, j := range d.jobs {
-			if j.finished {
+			if j.onDisk {
 				continue
 			}
 			if j.remaining == 0 {
@@ -325,12 +328,7 @@ func (d *download) do(ctx context.Context, w work, buf []byte) error {
 
 // startHasher starts the file's hasher with its first piece of work.
 func (d *download) startHasher(j *fileJob) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if !j.hasherStarted {
-		j.hasherStarted, j.kick = true, make(chan struct{}, 1)
-		d.hashers.Go(func() { d.hash(j) })
-	}
+	j.hasher.Do(func() { d.hashers.Go(func() { d.hash(j) }) })
 }
 
 // fetchChunk reads one chunk from where it stopped and writes it into the partial file.
