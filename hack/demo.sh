@@ -109,12 +109,17 @@ wait_http() {
 }
 
 # free_port VAR: sets VAR to a loopback port nothing listens on, and not handed out before in
-# this run. (Not $(free_port): that subshell could not remember what it handed out.)
+# this run. (Not $(free_port): that subshell could not remember what it handed out.) Ports
+# come from below the kernel's ephemeral range: a port in it may be taken by any outgoing
+# connection (other programs, parallel tests) between this check and the bind.
 taken=" "
+ephemeral_low=32768
+read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
 free_port() {
-  local p i
+  local p i low=10000
+  ((ephemeral_low - low >= 2000)) || low=1024
   for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 20000))
+    p=$((low + RANDOM % (ephemeral_low - low)))
     [[ "$taken" == *" $p "* ]] && continue
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       taken+="$p "
