@@ -6,21 +6,163 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"reflect"
 
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/client-go/util/csaupgrade"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
 
-// applyOwned server-side applies obj (built with its TypeMeta set) as FieldOwner, with a
-// controller reference to owner, and decodes the server's answer back into obj. Applying
-// the same desired object twice is a no-op on the server: no new resourceVersion, no event.
-func applyOwned(ctx context.Context, c client.Client, scheme *runtime.Scheme, owner client.Object, obj client.Object) error {
-	if err := controllerutil.SetControllerReference(owner, obj, scheme); err != nil {
+// ownedWriter writes the objects a reconciler owns. client reads from the manager's cache,
+// which strips managed fields; reader reads the API server, for the one write that needs
+// the live field ownership.
+type ownedWriter struct {
+	client client.Client
+	reader client.Reader
+	scheme *runtime.Scheme
+}
+
+// newOwnedWriter is an ownedWriter; with no reader, c's reads serve for it.
+func newOwnedWriter(c client.Client, reader client.Reader, scheme *runtime.Scheme) ownedWriter {
+	if reader == nil {
+		reader = c
+	}
+	return ownedWriter{client: c, reader: reader, scheme: scheme}
+}
+
+// applyOwned makes the live object match obj (built with its TypeMeta set), with a
+// controller reference to owner, and leaves the server's view of it in obj. It writes
+// only what needs writing:
+//   - absent from the cache: a plain create (a server-side apply that creates costs the
+//     API server noticeably more, and creating is what a new model does five times);
+//   - present, last written by us from the same desired object (the hash annotation) and
+//     still holding every value we set (nobody edited them): nothing is sent at all;
+//   - otherwise: a server-side apply as FieldOwner, which also removes what we set before
+//     and no longer want. An object we created is first handed from our create-time
+//     ("Update") field ownership to our apply ownership, or the apply could not remove
+//     fields the create set.
+func (w ownedWriter) applyOwned(ctx context.Context, owner client.Object, obj client.Object) error {
+	c := w.client
+	if err := controllerutil.SetControllerReference(owner, obj, w.scheme); err != nil {
 		return fmt.Errorf("setting owner of %T: %w", obj, err)
 	}
+	hash, err := desiredHash(obj)
+	if err != nil {
+		return err
+	}
+	annotations := obj.GetAnnotations()
+	if annotations == nil {
+		annotations = map[string]string{}
+	}
+	annotations[servingv1alpha1.AnnotationDesiredHash] = hash
+	obj.SetAnnotations(annotations)
+
+	live := reflect.New(reflect.TypeOf(obj).Elem()).Interface().(client.Object)
+	err = c.Get(ctx, client.ObjectKeyFromObject(obj), live)
+	switch {
+	case apierrors.IsNotFound(err):
+		created := obj.DeepCopyObject().(client.Object)
+		err := c.Create(ctx, created, client.FieldOwner(FieldOwner))
+		if err == nil {
+			setFrom(obj, created)
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("creating %s %s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), err)
+		}
+		// Our cache has not seen an object created moments ago: apply. Its create-time
+		// ownership is handed over before the next apply that needs it.
+	case err != nil:
+		return fmt.Errorf("getting %s %s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), err)
+	case live.GetAnnotations()[servingv1alpha1.AnnotationDesiredHash] == hash && holdsDesired(obj, live):
+		setFrom(obj, live)
+		return nil
+	default:
+		if err := w.upgradeOwnership(ctx, obj); err != nil {
+			return err
+		}
+	}
 	return applyShared(ctx, c, obj)
+}
+
+// setFrom makes obj the server's version of it, src, keeping obj's TypeMeta (decoded
+// objects come without it, and apply needs it).
+func setFrom(obj, src client.Object) {
+	gvk := obj.GetObjectKind().GroupVersionKind()
+	reflect.ValueOf(obj).Elem().Set(reflect.ValueOf(src).Elem())
+	obj.GetObjectKind().SetGroupVersionKind(gvk)
+}
+
+// upgradeOwnership turns the field ownership our create recorded (operation Update) into
+// apply ownership. It reads the live managed fields from the API server (the cache has
+// none) and patches them guarded by that resourceVersion: a concurrent change gets a
+// conflict and the reconcile is retried.
+func (w ownedWriter) upgradeOwnership(ctx context.Context, obj client.Object) error {
+	gvk, err := apiutil.GVKForObject(obj, w.scheme)
+	if err != nil {
+		return err
+	}
+	live := &metav1.PartialObjectMetadata{}
+	live.SetGroupVersionKind(gvk)
+	if err := w.reader.Get(ctx, client.ObjectKeyFromObject(obj), live); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	patch, err := csaupgrade.UpgradeManagedFieldsPatch(live, sets.New(FieldOwner), FieldOwner)
+	if err != nil || patch == nil {
+		return err
+	}
+	if err := w.client.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch)); err != nil {
+		return fmt.Errorf("handing field ownership of %s %s to server-side apply: %w", gvk.Kind, obj.GetName(), err)
+	}
+	return nil
+}
+
+// holdsDesired reports whether live still carries every label, annotation and owner
+// reference of desired, and every value desired sets in the rest of the object (what the
+// server defaulted or others added is not a difference). Metadata the server fills in and
+// status are not compared.
+func holdsDesired(desired, live client.Object) bool {
+	if !equality.Semantic.DeepDerivative(desired.GetLabels(), live.GetLabels()) ||
+		!equality.Semantic.DeepDerivative(desired.GetAnnotations(), live.GetAnnotations()) {
+		return false
+	}
+	for _, ref := range desired.GetOwnerReferences() {
+		if !hasOwnerReference(live.GetOwnerReferences(), ref) {
+			return false
+		}
+	}
+	return equality.Semantic.DeepDerivative(withoutMeta(desired), withoutMeta(live))
+}
+
+func hasOwnerReference(refs []metav1.OwnerReference, want metav1.OwnerReference) bool {
+	for _, r := range refs {
+		if equality.Semantic.DeepEqual(r, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// withoutMeta is a copy of obj with its TypeMeta, ObjectMeta and Status zeroed: the part
+// of an object a controller sets through spec-like fields (spec, rules, subjects, data).
+func withoutMeta(obj client.Object) any {
+	v := reflect.ValueOf(obj.DeepCopyObject()).Elem()
+	for _, name := range []string{"TypeMeta", "ObjectMeta", "Status"} {
+		if f := v.FieldByName(name); f.IsValid() && f.CanSet() {
+			f.Set(reflect.Zero(f.Type()))
+		}
+	}
+	return v.Interface()
 }
 
 // applyShared server-side applies obj as FieldOwner without an owner reference, for

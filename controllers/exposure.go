@@ -80,6 +80,17 @@ func (o *optionalKinds) installed(obj client.Object, gk schema.GroupKind, versio
 	return true, nil
 }
 
+// watchInstalled watches each optional kind whose CRD is installed now.
+func (o *optionalKinds) watchInstalled() error {
+	for _, obj := range []client.Object{&certmanagerv1.Certificate{}, &gatewayv1.HTTPRoute{}, &gatewayv1.GRPCRoute{}} {
+		gk, version, _ := optionalGK(obj)
+		if _, err := o.installed(obj, gk, version); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 var (
 	certificateGK = schema.GroupKind{Group: certmanagerv1.SchemeGroupVersion.Group, Kind: "Certificate"}
 	httpRouteGK   = schema.GroupKind{Group: gatewayv1.GroupName, Kind: "HTTPRoute"}
@@ -138,7 +149,7 @@ func (r *InferenceModelReconciler) reconcileExposure(ctx context.Context, m *ser
 				continue
 			}
 		}
-		if err := applyOwned(ctx, r.Client, r.Scheme, m, obj); err != nil {
+		if err := r.writer().applyOwned(ctx, m, obj); err != nil {
 			return ex, err
 		}
 		keep[objectKey(obj)] = true

@@ -42,9 +42,11 @@ import (
 // GPUPoolReconciler keeps a GPUPool's status in line with its nodes, their GPUNode reports
 // and the GPUs HelixFlow pods hold there, and runs the pool's GPU probe DaemonSet.
 type GPUPoolReconciler struct {
-	Client   client.Client
-	Scheme   *runtime.Scheme
-	Recorder events.EventRecorder
+	Client client.Client
+	// APIReader reads the API server directly, past the cache (the manager's APIReader).
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
 	// Config gives the probe's image, runtime class and namespace (the manager's).
 	Config Config
 	// Now is the clock used to judge report freshness; time.Now when nil.
@@ -121,7 +123,7 @@ func (r *GPUPoolReconciler) reconcileProbe(ctx context.Context, pool *servingv1a
 			return err
 		}
 	}
-	if err := applyOwned(ctx, r.Client, r.Scheme, pool, ds); err != nil {
+	if err := newOwnedWriter(r.Client, r.APIReader, r.Scheme).applyOwned(ctx, pool, ds); err != nil {
 		return fmt.Errorf("applying probe: %w", err)
 	}
 	r.applied.Store(pool.Name, appliedProbe{hash, ds.Generation})

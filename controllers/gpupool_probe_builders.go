@@ -132,8 +132,9 @@ func probeContainer(pool *servingv1alpha1.GPUPool, cfg Config) corev1.Container 
 		},
 		Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: ProbeMetricsPort, Protocol: corev1.ProtocolTCP}},
 		LivenessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("metrics")}},
-			PeriodSeconds: 20, FailureThreshold: 3,
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("metrics")}},
+			// Every number set, the server's defaults included (see applyOwned).
+			PeriodSeconds: 20, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		// It shares the node with GPU workloads: ask for little, and cap memory so a leak
 		// cannot grow into their room. No CPU limit: throttling would only delay samples.

@@ -452,12 +452,14 @@ func (d modelDesired) runtimeContainer() corev1.Container {
 			{Name: "metrics", ContainerPort: servingv1alpha1.RuntimeMetricsPort, Protocol: corev1.ProtocolTCP},
 		},
 		ReadinessProbe: &corev1.Probe{
-			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("http")}},
-			PeriodSeconds: 5, FailureThreshold: 3,
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromString("http")}},
+			// Every number set, the server's defaults included: a child that holds what we
+			// built is then recognised as unchanged and not written again (see applyOwned).
+			PeriodSeconds: 5, FailureThreshold: 3, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		LivenessProbe: &corev1.Probe{
 			ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}},
-			PeriodSeconds: 10, FailureThreshold: 6,
+			PeriodSeconds: 10, FailureThreshold: 6, TimeoutSeconds: 1, SuccessThreshold: 1,
 		},
 		Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
 		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{

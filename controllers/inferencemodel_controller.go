@@ -38,12 +38,18 @@ import (
 // Deployment of runtime pods (and a PodDisruptionBudget, and for DRA pools a
 // ResourceClaimTemplate), placed only where the model fits.
 type InferenceModelReconciler struct {
-	Client   client.Client
-	Scheme   *runtime.Scheme
-	Recorder events.EventRecorder
-	Config   Config
+	Client client.Client
+	// APIReader reads the API server directly, past the cache (the manager's APIReader).
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
+	Config    Config
 	// optional watches cert-manager and Gateway API kinds once their CRDs are installed.
 	optional *optionalKinds
+}
+
+func (r *InferenceModelReconciler) writer() ownedWriter {
+	return newOwnedWriter(r.Client, r.APIReader, r.Scheme)
 }
 
 // placementVerdict is the Scheduled condition plus the numbers behind it.
@@ -204,7 +210,7 @@ func (r *InferenceModelReconciler) applyChildren(ctx context.Context, d modelDes
 				continue
 			}
 		}
-		if err := applyOwned(ctx, r.Client, r.Scheme, owner, obj); err != nil {
+		if err := r.writer().applyOwned(ctx, owner, obj); err != nil {
 			return deploy, err
 		}
 		if dep, ok := obj.(*appsv1.Deployment); ok {

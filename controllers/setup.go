@@ -47,11 +47,11 @@ func Setup(mgr ctrl.Manager, cfg Config) error {
 		}); err != nil {
 		return fmt.Errorf("indexing InferenceModels by pool: %w", err)
 	}
-	models := &InferenceModelReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("inferencemodel-controller"), Config: cfg}
+	models := &InferenceModelReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("inferencemodel-controller"), Config: cfg}
 	if err := models.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up InferenceModel controller: %w", err)
 	}
-	pools := &GPUPoolReconciler{Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("gpupool-controller"), Config: cfg}
+	pools := &GPUPoolReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("gpupool-controller"), Config: cfg}
 	if err := pools.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up GPUPool controller: %w", err)
 	}
@@ -166,7 +166,10 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		ctrl: c2, cache: mgr.GetCache(), mapper: mgr.GetRESTMapper(), watched: map[schema.GroupKind]bool{},
 		handler: handler.EnqueueRequestForOwner(mgr.GetScheme(), mgr.GetRESTMapper(), &servingv1alpha1.InferenceModel{}, handler.OnlyControllerOwner()),
 	}
-	return nil
+	// Kinds installed already are watched from the start: the controller then waits for their
+	// caches before its first reconcile, instead of every early reconcile blocking on the
+	// first read of each kind while its informer fills (seconds, with hundreds of models).
+	return r.optional.watchInstalled()
 }
 
 // SetupWithManager watches the pool's nodes, their GPUNode reports, HelixFlow pods and the

@@ -26,6 +26,9 @@ const (
 	LabelApiKey = "serving.helixflow.io/api-key"
 	// AnnotationRotate requests a new key for an ApiKey when its value changes.
 	AnnotationRotate = "serving.helixflow.io/rotate"
+	// AnnotationDesiredHash on an object the manager owns fingerprints what the manager last
+	// wrote to it, so that an unchanged object is not written again.
+	AnnotationDesiredHash = "serving.helixflow.io/desired-hash"
 )
 
 // LocalSecretReference names a Secret in the same namespace as the object that refers to it.

@@ -107,6 +107,8 @@ func Start() (*Env, error) {
 	}
 	// envtest's default Service range is a /24: 254 Services. Benchmarks create thousands.
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	// /debug/pprof for the benchmarks' -apiserver-cpuprofile (envtest turns it off).
+	env.ControlPlane.GetAPIServer().Configure().Set("profiling", "true")
 	cfg, err := env.Start()
 	if err != nil {
 		// envtest leaves etcd and kube-apiserver running when a later step (installing the

@@ -21,6 +21,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -49,6 +50,7 @@ func main() {
 	models := flag.Int("models", 200, "number of InferenceModels")
 	workers := flag.Int("workers", 4, "concurrent creating clients, for the baseline and for the models")
 	reconcilers := flag.Int("max-concurrent-reconciles", controllers.DefaultConfig().MaxConcurrentReconciles, "the manager's --max-concurrent-reconciles")
+	flag.StringVar(&apiserverProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver, taken while the manager converges, to this file")
 	flag.Parse()
 	// Interrupted (Ctrl-C, a timeout's SIGTERM): the waits end, and run's deferred calls stop
 	// the manager, kube-apiserver and etcd instead of leaving them running.
@@ -60,6 +62,9 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// apiserverProfile, when set, is where the API server's CPU profile of the manager phase goes.
+var apiserverProfile string
 
 func run(ctx context.Context, n, workers, reconcilers int) error {
 	env, err := testenv.Start()
@@ -88,18 +93,26 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	if err != nil {
 		return err
 	}
-	for _, ns := range []string{"baseline", "bench", "helixflow-system"} {
+	for _, ns := range []string{"baseline", "baseline-models", "bench", "helixflow-system"} {
 		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 			return err
 		}
 	}
 
 	fmt.Fprintf(os.Stderr, "bench: baseline: creating the children of %d models with a plain client\n", n)
+	cpu0 := controlPlaneCPU()
 	baseline, err := runBaseline(ctx, c, pool, n, workers)
+	cpu1 := controlPlaneCPU()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "bench: baseline took %s; starting the manager\n", baseline)
+	fmt.Fprintf(os.Stderr, "bench: baseline took %s; creating %d models and their status by hand\n", baseline, n)
+	byHand, err := runModelsByHand(ctx, c, n, workers)
+	if err != nil {
+		return err
+	}
+	cpu2 := controlPlaneCPU()
+	fmt.Fprintf(os.Stderr, "bench: models by hand took %s; starting the manager\n", byHand)
 
 	metricsAddr, err := testenv.FreeAddr()
 	if err != nil {
@@ -132,6 +145,8 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	if err != nil {
 		return err
 	}
+	profiled := profileAPIServer(ctx, env.Config, apiserverProfile)
+	cpu3 := controlPlaneCPU()
 	start := time.Now()
 	if err := parallel(n, workers, func(i int) error { return c.Create(ctx, benchModel("bench", i)) }); err != nil {
 		return fmt.Errorf("creating models: %w", err)
@@ -145,6 +160,10 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 		return err
 	}
 	converged := time.Since(start)
+	cpu4 := controlPlaneCPU()
+	if err := <-profiled; err != nil {
+		return err
+	}
 	// Let the last writes' echoes settle before reading memory.
 	time.Sleep(2 * time.Second)
 	heap, inuse, err := heapBytes("http://" + metricsAddr + "/metrics")
@@ -163,8 +182,15 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	fmt.Printf("reconcile benchmark: %d InferenceModels, %d creating workers, %d concurrent reconciles, client QPS %g burst %d (both sides)\n",
 		n, workers, reconcilers, env.Config.QPS, env.Config.Burst)
 	fmt.Printf("  baseline (plain client creates the same children):      %8.2f s  %7.1f models/s\n", baseline.Seconds(), float64(n)/baseline.Seconds())
+	fmt.Printf("  models by hand (plain client creates the InferenceModels\n")
+	fmt.Printf("    and writes the status the manager writes):             %8.2f s\n", byHand.Seconds())
 	fmt.Printf("  manager  (create models -> children + Scheduled=True):  %8.2f s  %7.1f models/s  (models created in %.2f s)\n", converged.Seconds(), float64(n)/converged.Seconds(), createdIn.Seconds())
 	fmt.Printf("  overhead ratio manager/baseline: %.2f (target <= 1.5)\n", converged.Seconds()/baseline.Seconds())
+	fmt.Printf("  manager/(baseline + models by hand): %.2f (what the reconciler adds over doing all of its writes by hand)\n", converged.Seconds()/(baseline+byHand).Seconds())
+	fmt.Printf("  control plane CPU s (kube-apiserver + etcd): baseline %.2f + %.2f, models by hand %.2f + %.2f, manager phase %.2f + %.2f\n",
+		cpu1["kube-apiserver"]-cpu0["kube-apiserver"], cpu1["etcd"]-cpu0["etcd"],
+		cpu2["kube-apiserver"]-cpu1["kube-apiserver"], cpu2["etcd"]-cpu1["etcd"],
+		cpu4["kube-apiserver"]-cpu3["kube-apiserver"], cpu4["etcd"]-cpu3["etcd"])
 	fmt.Printf("  manager CPU time %.2f s (user+system, whole run incl. start-up)\n", cpu)
 	fmt.Printf("  manager heap alloc %.1f MiB, heap in use %.1f MiB, RSS %.1f MiB (target heap <= 60 MiB at 1000 models)\n",
 		float64(heap)/(1<<20), float64(inuse)/(1<<20), float64(rss)/(1<<20))
@@ -228,6 +254,47 @@ func runBaseline(ctx context.Context, c client.Client, pool *servingv1alpha1.GPU
 		return nil
 	})
 	return time.Since(start), err
+}
+
+// runModelsByHand is the other half of doing the manager's work by hand: a plain client
+// creates n InferenceModels and writes on each the status the manager writes once it has
+// placed the model. The models are deleted afterwards (not timed) so the manager, started
+// next, has nothing of theirs to do.
+func runModelsByHand(ctx context.Context, c client.Client, n, workers int) (time.Duration, error) {
+	const ns = "baseline-models"
+	start := time.Now()
+	err := parallel(n, workers, func(i int) error {
+		m := benchModel(ns, i)
+		if err := c.Create(ctx, m); err != nil {
+			return fmt.Errorf("creating model by hand: %w", err)
+		}
+		now, mem := metav1.Now(), resource.MustParse("19Gi")
+		cond := func(typ, status, reason, msg string) metav1.Condition {
+			return metav1.Condition{Type: typ, Status: metav1.ConditionStatus(status), Reason: reason, Message: msg, ObservedGeneration: m.Generation, LastTransitionTime: now}
+		}
+		m.Status = servingv1alpha1.InferenceModelStatus{
+			ObservedGeneration: m.Generation,
+			ModelName:          m.ServedModelName(),
+			Selector:           "app.kubernetes.io/instance=" + m.Name,
+			URL:                fmt.Sprintf("http://%s.%s.svc.cluster.local:8080/v1", m.Name, ns),
+			Placement:          &servingv1alpha1.Placement{Pool: "bench", GPUsPerReplica: 1, GPUMemoryPerGPU: &mem, EligibleNodes: 25, FittingReplicas: 200},
+			Conditions: []metav1.Condition{
+				cond(servingv1alpha1.InferenceModelConditionScheduled, "True", "Placed", "fits on 25 of 25 nodes of pool bench"),
+				cond(servingv1alpha1.InferenceModelConditionAvailable, "False", servingv1alpha1.InferenceModelReasonReplicasNotReady, "0 of 1 replicas ready"),
+				cond(servingv1alpha1.InferenceModelConditionWeightsReady, "Unknown", servingv1alpha1.InferenceModelReasonWeightsPending, "no pod has started fetching the weights yet"),
+				cond(servingv1alpha1.ConditionReady, "False", servingv1alpha1.InferenceModelReasonReplicasNotReady, "0 of 1 replicas ready"),
+			},
+		}
+		if err := c.Status().Update(ctx, m); err != nil {
+			return fmt.Errorf("writing model status by hand: %w", err)
+		}
+		return nil
+	})
+	took := time.Since(start)
+	if err != nil {
+		return took, err
+	}
+	return took, c.DeleteAllOf(ctx, &servingv1alpha1.InferenceModel{}, client.InNamespace(ns))
 }
 
 // watchScheduled watches the bench namespace's InferenceModels and closes the returned
@@ -353,7 +420,7 @@ func heapBytes(url string) (alloc, inuse float64, err error) {
 			continue
 		}
 		v, _ := strconv.ParseFloat(fields[1], 64)
-		if strings.HasPrefix(fields[0], "rest_client_requests_total") || strings.HasPrefix(fields[0], "controller_runtime_reconcile_total") {
+		if reportedMetric(fields[0]) {
 			fmt.Fprintf(os.Stderr, "bench: manager %s %s\n", fields[0], fields[1])
 		}
 		switch fields[0] {
@@ -395,4 +462,82 @@ func cpuSeconds(pid int) (float64, error) {
 	stime, _ := strconv.ParseFloat(fields[12], 64)
 	const clockTicks = 100 // USER_HZ on Linux
 	return (utime + stime) / clockTicks, nil
+}
+
+// profileAPIServer takes a 5-second CPU profile of kube-apiserver (its /debug/pprof, which
+// the admin config may read) into file, in the background; the channel says how it went.
+func profileAPIServer(ctx context.Context, cfg *rest.Config, file string) <-chan error {
+	done := make(chan error, 1)
+	if file == "" {
+		done <- nil
+		return done
+	}
+	go func() {
+		hc, err := rest.HTTPClientFor(cfg)
+		if err != nil {
+			done <- err
+			return
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(cfg.Host, "/")+"/debug/pprof/profile?seconds=5", nil)
+		if err != nil {
+			done <- err
+			return
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			done <- fmt.Errorf("profiling kube-apiserver: %w", err)
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("profiling kube-apiserver: %s: %s", resp.Status, data)
+		}
+		if err == nil {
+			err = os.WriteFile(file, data, 0o644)
+		}
+		done <- err
+	}()
+	return done
+}
+
+// controlPlaneCPU is the CPU time, in seconds, that this process's kube-apiserver and etcd
+// children have used so far: the load each phase puts on the control plane.
+func controlPlaneCPU() map[string]float64 {
+	out := map[string]float64{}
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(d + "/stat")
+		if err != nil {
+			continue
+		}
+		text := string(data)
+		open, end := strings.IndexByte(text, '('), strings.LastIndexByte(text, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		name := text[open+1 : end]
+		fields := strings.Fields(text[end+1:])
+		if len(fields) < 2 || fields[1] != strconv.Itoa(os.Getpid()) || (name != "kube-apiserver" && name != "etcd") {
+			continue
+		}
+		if cpu, err := cpuSeconds(pid); err == nil {
+			out[name] += cpu
+		}
+	}
+	return out
+}
+
+// reportedMetric says which of the manager's metrics the harness prints (to stderr).
+func reportedMetric(name string) bool {
+	for _, prefix := range []string{"rest_client_requests_total", "controller_runtime_reconcile_total", "controller_runtime_reconcile_time_seconds_sum", "workqueue_adds_total"} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
 }
