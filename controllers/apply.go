@@ -10,12 +10,14 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/util/csaupgrade"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -80,8 +82,11 @@ func (w ownedWriter) applyOwned(ctx context.Context, owner client.Object, obj cl
 		if !apierrors.IsAlreadyExists(err) {
 			return fmt.Errorf("creating %s %s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), err)
 		}
-		// Our cache has not seen an object created moments ago: apply. Its create-time
-		// ownership is handed over before the next apply that needs it.
+		// Our cache has not seen an object created moments ago (perhaps from an older
+		// desired state): hand its create-time ownership over and apply.
+		if err := w.upgradeOwnership(ctx, obj); err != nil {
+			return err
+		}
 	case err != nil:
 		return fmt.Errorf("getting %s %s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), err)
 	case live.GetAnnotations()[servingv1alpha1.AnnotationDesiredHash] == hash && holdsDesired(obj, live):
@@ -105,32 +110,41 @@ func setFrom(obj, src client.Object) {
 
 // upgradeOwnership turns the field ownership our create recorded (operation Update) into
 // apply ownership. It reads the live managed fields from the API server (the cache has
-// none) and patches them guarded by that resourceVersion: a concurrent change gets a
-// conflict and the reconcile is retried.
+// none) and patches them guarded by that resourceVersion, reading again when another
+// writer (a Deployment's status, say) got in between.
 func (w ownedWriter) upgradeOwnership(ctx context.Context, obj client.Object) error {
 	gvk, err := apiutil.GVKForObject(obj, w.scheme)
 	if err != nil {
 		return err
 	}
-	live := &metav1.PartialObjectMetadata{}
-	live.SetGroupVersionKind(gvk)
-	if err := w.reader.Get(ctx, client.ObjectKeyFromObject(obj), live); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	patch, err := csaupgrade.UpgradeManagedFieldsPatch(live, sets.New(FieldOwner), FieldOwner)
-	if err != nil || patch == nil {
-		return err
-	}
-	if err := w.client.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch)); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		live := &metav1.PartialObjectMetadata{}
+		live.SetGroupVersionKind(gvk)
+		if err := w.reader.Get(ctx, client.ObjectKeyFromObject(obj), live); err != nil {
+			return err
+		}
+		patch, err := csaupgrade.UpgradeManagedFieldsPatch(live, sets.New(FieldOwner), FieldOwner)
+		if err != nil || patch == nil {
+			return err
+		}
+		return w.client.Patch(ctx, live, client.RawPatch(types.JSONPatchType, patch))
+	})
+	if err = client.IgnoreNotFound(err); err != nil {
 		return fmt.Errorf("handing field ownership of %s %s to server-side apply: %w", gvk.Kind, obj.GetName(), err)
 	}
 	return nil
 }
 
 // holdsDesired reports whether live still carries every label, annotation and owner
-// reference of desired, and every value desired sets in the rest of the object (what the
-// server defaulted or others added is not a difference). Metadata the server fills in and
-// status are not compared.
+// reference of desired, and the rest of desired as it was written: every value desired
+// sets is there, and every list and map desired sets is there whole, with nothing added or
+// removed. A list or map someone else extended is a difference (the apply then puts an
+// atomic one back, and leaves another manager's entries of a granular one: a request that
+// writes nothing). Values desired leaves empty are not compared: the server defaults
+// them. Metadata the server fills in, and status, are not compared; neither are the
+// labels and annotations others add (a Deployment's revision, a rollout restart's time).
+// A mutating webhook that rewrites a value we set makes every reconcile send an apply
+// that changes nothing; it does not loop.
 func holdsDesired(desired, live client.Object) bool {
 	if !equality.Semantic.DeepDerivative(desired.GetLabels(), live.GetLabels()) ||
 		!equality.Semantic.DeepDerivative(desired.GetAnnotations(), live.GetAnnotations()) {
@@ -141,7 +155,74 @@ func holdsDesired(desired, live client.Object) bool {
 			return false
 		}
 	}
-	return equality.Semantic.DeepDerivative(withoutMeta(desired), withoutMeta(live))
+	return holds(reflect.ValueOf(withoutMeta(desired)), reflect.ValueOf(withoutMeta(live)))
+}
+
+var (
+	quantityType   = reflect.TypeFor[resource.Quantity]()
+	objectMetaType = reflect.TypeFor[metav1.ObjectMeta]()
+)
+
+// holds is holdsDesired's comparison of one value: want's empty values are not compared;
+// its non-empty lists and maps must match whole; nested object metadata (a pod template's)
+// is compared as the top-level labels and annotations are.
+func holds(want, got reflect.Value) bool {
+	switch want.Type() {
+	case quantityType:
+		if want.IsZero() {
+			return true
+		}
+		w, g := want.Interface().(resource.Quantity), got.Interface().(resource.Quantity)
+		return w.Cmp(g) == 0
+	case objectMetaType:
+		w, g := want.Interface().(metav1.ObjectMeta), got.Interface().(metav1.ObjectMeta)
+		return equality.Semantic.DeepDerivative(w.Labels, g.Labels) && equality.Semantic.DeepDerivative(w.Annotations, g.Annotations)
+	}
+	switch want.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if want.IsNil() {
+			return true
+		}
+		return !got.IsNil() && holds(want.Elem(), got.Elem())
+	case reflect.Struct:
+		for i := range want.NumField() {
+			if want.Type().Field(i).IsExported() && !holds(want.Field(i), got.Field(i)) {
+				return false
+			}
+		}
+		return true
+	case reflect.Slice:
+		if want.Len() == 0 {
+			return true
+		}
+		if want.Len() != got.Len() {
+			return false
+		}
+		for i := range want.Len() {
+			if !holds(want.Index(i), got.Index(i)) {
+				return false
+			}
+		}
+		return true
+	case reflect.Map:
+		if want.Len() == 0 {
+			return true
+		}
+		if want.Len() != got.Len() {
+			return false
+		}
+		for _, k := range want.MapKeys() {
+			g := got.MapIndex(k)
+			if !g.IsValid() || !holds(want.MapIndex(k), g) {
+				return false
+			}
+		}
+		return true
+	case reflect.String:
+		return want.Len() == 0 || want.String() == got.String()
+	default:
+		return want.Equal(got)
+	}
 }
 
 func hasOwnerReference(refs []metav1.OwnerReference, want metav1.OwnerReference) bool {

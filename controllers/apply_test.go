@@ -2,13 +2,18 @@ package controllers
 
 import (
 	"context"
+	"maps"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -18,8 +23,15 @@ import (
 
 // writeCounter counts the writes a client sends, by kind of request.
 type writeCounter struct {
-	mu     sync.Mutex
-	counts map[string]int
+	mu      sync.Mutex
+	counts  map[string]int
+	lagging map[string]bool
+}
+
+func (w *writeCounter) lags(name string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lagging[name]
 }
 
 func (w *writeCounter) add(op string) {
@@ -37,16 +49,21 @@ func (w *writeCounter) take() map[string]int {
 }
 
 // countingWriter writes through env's API server with its writes counted. Its client's
-// reads strip managed fields, as the manager's cache does; its reader reads directly.
+// reads strip managed fields, as the manager's cache does, and do not see the objects
+// named in the counter's lagging set, as a cache that has not caught up; its reader reads
+// directly.
 func countingWriter(t *testing.T) (ownedWriter, *writeCounter) {
 	t.Helper()
-	w := &writeCounter{counts: map[string]int{}}
+	w := &writeCounter{counts: map[string]int{}, lagging: map[string]bool{}}
 	direct, err := client.NewWithWatch(env.Config, client.Options{Scheme: env.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := interceptor.NewClient(direct, interceptor.Funcs{
 		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if w.lags(key.Name) {
+				return apierrors.NewNotFound(schema.GroupResource{}, key.Name)
+			}
 			if err := c.Get(ctx, key, obj, opts...); err != nil {
 				return err
 			}
@@ -95,7 +112,26 @@ func everyChild(t *testing.T, ns string) []client.Object {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return append(append(objs, exposed...), probeDaemonSet(pool, cfg))
+	objs = append(append(objs, exposed...), probeDaemonSet(pool, cfg))
+
+	// Another engine, a DRA pool (a ResourceClaimTemplate) and a Gateway (routes).
+	tiny := exposureTestModel(func(m *servingv1alpha1.InferenceModel) {
+		m.Name, m.Namespace = "tiny", ns
+		m.Spec.Model.URI = "hf://org/tiny-GGUF"
+		m.Spec.Engine = servingv1alpha1.EngineSpec{Type: servingv1alpha1.EngineLlamaCpp, Port: 8000}
+		m.Spec.GPU = servingv1alpha1.GPURequirements{Pool: "dra", Count: 2}
+		m.Spec.Endpoint = &servingv1alpha1.EndpointSpec{Host: "tiny.example.com", GatewayRef: &servingv1alpha1.GatewayReference{Name: "edge"}}
+	})
+	draPool := makePool("dra").DeviceClass("gpu.nvidia.com").Obj()
+	tinyObjs, err := DesiredObjects(tiny, draPool, 1, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	routed, err := ExposureObjects(tiny, exposureTestConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(append(objs, tinyObjs...), routed...)
 }
 
 // TestApplyOwnedWritesOnlyWhatChanged: children are created with a plain create, not
@@ -193,6 +229,96 @@ func TestApplyOwnedWritesOnlyWhatChanged(t *testing.T) {
 		if got := writes.take(); !reflect.DeepEqual(got, step.wantWrites) {
 			t.Errorf("desired annotations %v: sent %v, want %v", step.annotations, got, step.wantWrites)
 		}
+	}
+}
+
+// TestApplyOwnedRepairsAdditions: an entry someone adds to a list or map the manager sets
+// whole (a Service's selector, a Role's verbs) is a difference, and goes.
+func TestApplyOwnedRepairsAdditions(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	owner := &corev1.Namespace{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, owner); err != nil {
+		t.Fatal(err)
+	}
+	c, writes := countingWriter(t)
+	for _, obj := range everyChild(t, ns) {
+		if err := c.applyOwned(ctx, owner, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := &corev1.Service{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "llama"}, svc); err != nil {
+		t.Fatal(err)
+	}
+	wantSelector := maps.Clone(svc.Spec.Selector)
+	svc.Spec.Selector["example.test/extra"] = "x"
+	if err := env.Client.Update(ctx, svc, client.FieldOwner("kubectl-edit")); err != nil {
+		t.Fatal(err)
+	}
+	role := &rbacv1.Role{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "llama-runtime"}, role); err != nil {
+		t.Fatal(err)
+	}
+	wantVerbs := slices.Clone(role.Rules[0].Verbs)
+	role.Rules[0].Verbs = append(role.Rules[0].Verbs, "delete")
+	if err := env.Client.Update(ctx, role, client.FieldOwner("kubectl-edit")); err != nil {
+		t.Fatal(err)
+	}
+	writes.take()
+	for _, obj := range everyChild(t, ns) {
+		if err := c.applyOwned(ctx, owner, obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(svc), svc); err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(svc.Spec.Selector, wantSelector) {
+		t.Errorf("Service selector %v, want %v back", svc.Spec.Selector, wantSelector)
+	}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(role), role); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(role.Rules[0].Verbs, wantVerbs) {
+		t.Errorf("Role verbs %v, want %v back", role.Rules[0].Verbs, wantVerbs)
+	}
+	if got := writes.take(); got["apply"] != 2 || got["patch"] != 2 || len(got) != 2 {
+		t.Errorf("repairing two objects sent %v, want 2 ownership patches and 2 applies", got)
+	}
+}
+
+// TestApplyOwnedCacheBehind: when the cache has not seen an object we created, the create
+// fails as AlreadyExists and the object is applied, its create-time ownership handed over
+// first, so what the newer desired state drops still goes.
+func TestApplyOwnedCacheBehind(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t, nil)
+	owner := &corev1.Namespace{}
+	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, owner); err != nil {
+		t.Fatal(err)
+	}
+	c, writes := countingWriter(t)
+	sa := serviceAccountFor(everyChild(t, ns))
+	first := sa.DeepCopy()
+	first.Annotations = map[string]string{"example.test/owner": "team-a"}
+	if err := c.applyOwned(ctx, owner, first); err != nil {
+		t.Fatal(err)
+	}
+	writes.lagging[sa.Name] = true
+	writes.take()
+	if err := c.applyOwned(ctx, owner, sa.DeepCopy()); err != nil {
+		t.Fatal(err)
+	}
+	live := &corev1.ServiceAccount{}
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(sa), live); err != nil {
+		t.Fatal(err)
+	}
+	if _, has := live.Annotations["example.test/owner"]; has {
+		t.Errorf("annotation the newer desired state drops is still there: %v", live.Annotations)
+	}
+	if got := writes.take(); !reflect.DeepEqual(got, map[string]int{"create": 1, "patch": 1, "apply": 1}) {
+		t.Errorf("sent %v, want a create (AlreadyExists), an ownership patch and an apply", got)
 	}
 }
 

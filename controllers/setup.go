@@ -169,6 +169,7 @@ func (r *InferenceModelReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	// Kinds installed already are watched from the start: the controller then waits for their
 	// caches before its first reconcile, instead of every early reconcile blocking on the
 	// first read of each kind while its informer fills (seconds, with hundreds of models).
+	// Discovery failing here fails the start, like any other setup error.
 	return r.optional.watchInstalled()
 }
 
