@@ -3,8 +3,10 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -52,6 +54,15 @@ func (r *JWKSReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: auth.JWKSConfigMapName, Labels: managedLabels()},
 		Data:       map[string]string{auth.JWKSDataKey: string(jwks), auth.IssuerDataKey: r.Issuer},
+	}
+	// Every model created in the namespace brings it back: a thousand models, a thousand
+	// applies that change nothing, unless the published ConfigMap is seen to be current.
+	live := &corev1.ConfigMap{}
+	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(cm), live); err == nil &&
+		maps.Equal(live.Data, cm.Data) && len(live.BinaryData) == 0 && equality.Semantic.DeepDerivative(cm.Labels, live.Labels) {
+		return ctrl.Result{}, nil
+	} else if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, fmt.Errorf("getting ConfigMap %s/%s: %w", ns, cm.Name, err)
 	}
 	return ctrl.Result{}, applyShared(ctx, r.Client, cm)
 }

@@ -136,3 +136,65 @@ func TestJWKSPublishedWhereModelsAreAndFollowsRotation(t *testing.T) {
 		return nil
 	})
 }
+
+// TestJWKSNotRewrittenByMoreModels: every model created brings its namespace back to the
+// JWKS publisher; a ConfigMap that is current is left alone (no write), and one someone
+// edited is put back.
+func TestJWKSNotRewrittenByMoreModels(t *testing.T) {
+	managerNamespace(t)
+	ctx := context.Background()
+	startManager(t)
+	ns := newNamespace(t, nil)
+	if err := env.Client.Create(ctx, simpleModel(ns, "m0")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "JWKS in the model's namespace", func() error { _, err := publishedKids(ns); return err })
+	cm := &corev1.ConfigMap{}
+	if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
+		t.Fatal(err)
+	}
+	before, patches := reconciles(t, "jwks"), restRequests(t, "PATCH")
+	for i := 1; i <= 3; i++ {
+		if err := env.Client.Create(ctx, simpleModel(ns, fmt.Sprintf("m%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "the new models' namespace reconciled", func() error {
+		if n := reconciles(t, "jwks"); n <= before {
+			return fmt.Errorf("%v JWKS reconciles, want more than %v", n, before)
+		}
+		return nil
+	})
+	after := &corev1.ConfigMap{}
+	if err := get(after, ns, auth.JWKSConfigMapName); err != nil {
+		t.Fatal(err)
+	}
+	if after.ResourceVersion != cm.ResourceVersion {
+		t.Errorf("JWKS ConfigMap rewritten (resourceVersion %s -> %s) though nothing in it changed", cm.ResourceVersion, after.ResourceVersion)
+	}
+	// Not even an apply that changes nothing (the models' children are created, not patched).
+	if n := restRequests(t, "PATCH") - patches; n != 0 {
+		t.Errorf("%v PATCH requests while models were added to a namespace whose JWKS is current, want 0", n)
+	}
+
+	after.Data[auth.JWKSDataKey] = `{"keys":[]}`
+	if err := env.Client.Update(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "edited JWKS put back", func() error {
+		got := &corev1.ConfigMap{}
+		if err := get(got, ns, auth.JWKSConfigMapName); err != nil {
+			return err
+		}
+		if got.Data[auth.JWKSDataKey] != cm.Data[auth.JWKSDataKey] {
+			return fmt.Errorf("JWKS is %s", got.Data[auth.JWKSDataKey])
+		}
+		return nil
+	})
+}
+
+// restRequests is how many requests of method the manager clients in this process sent.
+func restRequests(t *testing.T, method string) float64 {
+	t.Helper()
+	return counterSum(t, "rest_client_requests_total", "method", method)
+}

@@ -18,18 +18,25 @@ import (
 // reconciles reads controller-runtime's own reconcile counter for a controller.
 func reconciles(t *testing.T, controller string) float64 {
 	t.Helper()
+	return counterSum(t, "controller_runtime_reconcile_total", "controller", controller)
+}
+
+// counterSum adds up the counter name over the series whose label has value, in the
+// metrics registry the managers of this test binary share.
+func counterSum(t *testing.T, name, label, value string) float64 {
+	t.Helper()
 	families, err := metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var total float64
 	for _, f := range families {
-		if f.GetName() != "controller_runtime_reconcile_total" {
+		if f.GetName() != name {
 			continue
 		}
 		for _, m := range f.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "controller" && l.GetValue() == controller {
+				if l.GetName() == label && l.GetValue() == value {
 					total += m.GetCounter().GetValue()
 				}
 			}

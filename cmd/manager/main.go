@@ -23,6 +23,8 @@ func main() {
 		"Address the Prometheus metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&opts.HealthProbeBindAddress, "health-probe-bind-address", opts.HealthProbeBindAddress,
 		"Address the /healthz and /readyz endpoints bind to; 0 disables them.")
+	flag.StringVar(&opts.PprofBindAddress, "pprof-bind-address", "0",
+		"Address Go's /debug/pprof profiles are served on, for diagnosing the manager; 0 disables it.")
 	flag.BoolVar(&opts.LeaderElect, "leader-elect", false,
 		"Elect a leader among manager replicas so only one reconciles at a time.")
 	flag.StringVar(&opts.Namespace, "namespace", opts.Namespace,

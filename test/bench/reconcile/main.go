@@ -51,6 +51,7 @@ func main() {
 	workers := flag.Int("workers", 4, "concurrent creating clients, for the baseline and for the models")
 	reconcilers := flag.Int("max-concurrent-reconciles", controllers.DefaultConfig().MaxConcurrentReconciles, "the manager's --max-concurrent-reconciles")
 	flag.StringVar(&apiserverProfile, "apiserver-cpuprofile", "", "write a CPU profile of kube-apiserver, taken while the manager converges, to this file")
+	flag.StringVar(&managerProfile, "manager-cpuprofile", "", "write a CPU profile of the manager, taken while it converges, to this file")
 	flag.Parse()
 	// Interrupted (Ctrl-C, a timeout's SIGTERM): the waits end, and run's deferred calls stop
 	// the manager, kube-apiserver and etcd instead of leaving them running.
@@ -63,8 +64,9 @@ func main() {
 	}
 }
 
-// apiserverProfile, when set, is where the API server's CPU profile of the manager phase goes.
-var apiserverProfile string
+// apiserverProfile and managerProfile, when set, are where the API server's and the
+// manager's CPU profiles of the manager phase go.
+var apiserverProfile, managerProfile string
 
 func run(ctx context.Context, n, workers, reconcilers int) error {
 	env, err := testenv.Start()
@@ -122,8 +124,12 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	if err != nil {
 		return err
 	}
+	pprofAddr, err := testenv.FreeAddr()
+	if err != nil {
+		return err
+	}
 	mgr := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address", metricsAddr,
-		"--health-probe-bind-address", probeAddr, "--max-concurrent-reconciles", strconv.Itoa(reconcilers),
+		"--health-probe-bind-address", probeAddr, "--pprof-bind-address", pprofAddr, "--max-concurrent-reconciles", strconv.Itoa(reconcilers),
 		"--token-service-bind-address", "0", "--usage-bind-address", "0",
 		// The same client-side rate limit as the baseline's client (envtest's config), so the
 		// ratio measures the reconciler, not two different limiter settings.
@@ -145,7 +151,14 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	if err != nil {
 		return err
 	}
-	profiled := profileAPIServer(ctx, env.Config, apiserverProfile)
+	apiserverHTTP, err := rest.HTTPClientFor(env.Config)
+	if err != nil {
+		return err
+	}
+	profiled := []<-chan error{
+		cpuProfile(ctx, apiserverHTTP, strings.TrimSuffix(env.Config.Host, "/"), apiserverProfile),
+		cpuProfile(ctx, http.DefaultClient, "http://"+pprofAddr, managerProfile),
+	}
 	cpu3 := controlPlaneCPU()
 	start := time.Now()
 	if err := parallel(n, workers, func(i int) error { return c.Create(ctx, benchModel("bench", i)) }); err != nil {
@@ -161,8 +174,10 @@ func run(ctx context.Context, n, workers, reconcilers int) error {
 	}
 	converged := time.Since(start)
 	cpu4 := controlPlaneCPU()
-	if err := <-profiled; err != nil {
-		return err
+	for _, p := range profiled {
+		if err := <-p; err != nil {
+			return err
+		}
 	}
 	// Let the last writes' echoes settle before reading memory.
 	time.Sleep(2 * time.Second)
@@ -464,34 +479,29 @@ func cpuSeconds(pid int) (float64, error) {
 	return (utime + stime) / clockTicks, nil
 }
 
-// profileAPIServer takes a 5-second CPU profile of kube-apiserver (its /debug/pprof, which
-// the admin config may read) into file, in the background; the channel says how it went.
-func profileAPIServer(ctx context.Context, cfg *rest.Config, file string) <-chan error {
+// cpuProfile takes a 5-second CPU profile from url (a Go /debug/pprof/profile endpoint)
+// into file, in the background; the channel says how it went. No file, no profile.
+func cpuProfile(ctx context.Context, hc *http.Client, url, file string) <-chan error {
 	done := make(chan error, 1)
 	if file == "" {
 		done <- nil
 		return done
 	}
 	go func() {
-		hc, err := rest.HTTPClientFor(cfg)
-		if err != nil {
-			done <- err
-			return
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(cfg.Host, "/")+"/debug/pprof/profile?seconds=5", nil)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/debug/pprof/profile?seconds=5", nil)
 		if err != nil {
 			done <- err
 			return
 		}
 		resp, err := hc.Do(req)
 		if err != nil {
-			done <- fmt.Errorf("profiling kube-apiserver: %w", err)
+			done <- fmt.Errorf("profiling %s: %w", url, err)
 			return
 		}
 		defer resp.Body.Close()
 		data, err := io.ReadAll(resp.Body)
 		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("profiling kube-apiserver: %s: %s", resp.Status, data)
+			err = fmt.Errorf("profiling %s: %s: %s", url, resp.Status, data)
 		}
 		if err == nil {
 			err = os.WriteFile(file, data, 0o644)
