@@ -1,8 +1,9 @@
 package serve
 
 import (
+	"context"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -78,9 +79,23 @@ func newRig(t *testing.T, cfg testengine.Config, tune func(*Options)) *rig {
 		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel},
 		Status:     servingv1alpha1.InferenceModelStatus{ReadyReplicas: 1},
 	})
-	srv := httptest.NewServer(s.Handler())
-	t.Cleanup(srv.Close)
-	return &rig{t: t, s: s, engine: engine, url: srv.URL, usage: usage, clock: clock}
+	// The production front: the fast path, and net/http behind it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := s.httpFront(ln)
+	served := make(chan error, 1)
+	go func() { served <- front.serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		front.stop(ctx)
+		if err := <-served; err != nil {
+			t.Errorf("HTTP front: %v", err)
+		}
+	})
+	return &rig{t: t, s: s, engine: engine, url: "http://" + ln.Addr().String(), usage: usage, clock: clock}
 }
 
 // addKey registers an ApiKey with a fresh key, as the informer would, and returns the key.

@@ -90,6 +90,7 @@ type Server struct {
 	health       engineHealth
 	draining     atomic.Bool
 	ws           wsHub
+	h1           *h1Front // the HTTP front, once listening
 }
 
 // New builds a server; Run starts it.
@@ -220,11 +221,11 @@ type server struct {
 func (s *Server) listen() ([]server, error) {
 	var out []server
 	if s.opts.HTTPAddress != "0" {
-		srv, err := s.httpServer(s.opts.HTTPAddress, s.Handler())
+		ln, err := net.Listen("tcp", s.opts.HTTPAddress)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("listening on %s: %w", s.opts.HTTPAddress, err)
 		}
-		out = append(out, srv)
+		out = append(out, s.httpFront(ln))
 	}
 	if s.opts.MetricsAddress != "0" {
 		mux := http.NewServeMux()
@@ -250,13 +251,7 @@ func (s *Server) httpServer(addr string, h http.Handler) (server, error) {
 	if err != nil {
 		return server{}, fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	srv := &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    s.opts.MaxHeaderBytes,
-		// No WriteTimeout: streams last as long as the generation; RequestTimeout bounds them.
-	}
+	srv := s.stdServer(h)
 	return server{
 		serve: func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -270,6 +265,24 @@ func (s *Server) httpServer(addr string, h http.Handler) (server, error) {
 			}
 		},
 	}, nil
+}
+
+// httpFront serves the HTTP API on ln: the fast path for non-streamed calls, in front of
+// net/http for the rest (h1.go).
+func (s *Server) httpFront(ln net.Listener) server {
+	f := newH1Front(s, ln, s.stdServer(s.Handler()))
+	return server{serve: f.serve, stop: f.stop}
+}
+
+// stdServer is the net/http server of the HTTP and metrics ports.
+func (s *Server) stdServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: h1ReadHeaderTimeout,
+		IdleTimeout:       h1IdleTimeout,
+		MaxHeaderBytes:    s.opts.MaxHeaderBytes,
+		// No WriteTimeout: streams last as long as the generation; RequestTimeout bounds them.
+	}
 }
 
 // Ready reports whether the runtime can serve: its model and auth caches are synced and the

@@ -1,0 +1,492 @@
+package serve
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The HTTP front in two parts. net/http costs the runtime more per request than the rest of
+// the data plane together (a goroutine and a read per request to notice a client leaving,
+// header maps, a chunking writer): with an engine on loopback it halved the throughput of
+// a proxy in front of it. So the one request that dominates — a non-streamed inference call
+// over a keep-alive HTTP/1.1 connection — is read and answered here, straight from and into
+// the connection's buffers. Every other request (streams, which need the client-disconnect
+// detection net/http has; WebSocket; GET routes; failed authentication; anything unusual
+// about the request) is handed, with its connection and the bytes read so far, to a plain
+// net/http server with the same handler, which serves the connection from then on.
+
+// h1Routes are the routes the fast path serves (POST, non-streamed).
+var h1Routes = map[string]string{
+	"/v1/chat/completions": RouteChatCompletions,
+	"/v1/completions":      RouteCompletions,
+	"/v1/embeddings":       RouteEmbeddings,
+}
+
+const (
+	h1ReadHeaderTimeout = 10 * time.Second
+	h1IdleTimeout       = 120 * time.Second
+)
+
+// h1Front accepts the HTTP connections and serves them, handing some to std.
+type h1Front struct {
+	s       *Server
+	ln      net.Listener
+	std     *http.Server
+	handoff *connQueue
+
+	ctx    context.Context // ends when shutdown gives up waiting: in-flight calls are cancelled
+	cancel context.CancelFunc
+
+	closing atomic.Bool
+	served  atomic.Int64 // calls answered by the fast path (tests read it)
+	mu      sync.Mutex
+	conns   map[*h1Conn]struct{}
+	wg      sync.WaitGroup
+}
+
+// h1Conn is one connection served by the fast path.
+type h1Conn struct {
+	nc   net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	idle atomic.Bool
+	head []byte
+}
+
+// h1Request is what the fast path needs of a request.
+type h1Request struct {
+	route         string
+	authorization []byte
+	contentLength int
+}
+
+func newH1Front(s *Server, ln net.Listener, std *http.Server) *h1Front {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &h1Front{s: s, ln: ln, std: std, ctx: ctx, cancel: cancel, conns: map[*h1Conn]struct{}{}}
+	f.handoff = &connQueue{ch: make(chan net.Conn), done: make(chan struct{}), addr: ln.Addr()}
+	s.h1 = f
+	return f
+}
+
+// serve accepts until the listener is closed, and serves handed-off connections with std.
+func (f *h1Front) serve() error {
+	stdErr := make(chan error, 1)
+	go func() { stdErr <- f.std.Serve(f.handoff) }()
+	var delay time.Duration
+	for {
+		nc, err := f.ln.Accept()
+		if err != nil {
+			if f.closing.Load() {
+				if err := <-stdErr; !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}
+		if !f.track(c, true) {
+			_ = nc.Close()
+			continue
+		}
+		go f.serveConn(c)
+	}
+}
+
+// track adds or removes a connection; no connection is added once shutdown began.
+func (f *h1Front) track(c *h1Conn, add bool) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !add {
+		delete(f.conns, c)
+		f.wg.Done()
+		return true
+	}
+	if f.closing.Load() {
+		return false
+	}
+	f.conns[c] = struct{}{}
+	f.wg.Add(1)
+	return true
+}
+
+// stop closes the listener, closes idle connections, lets requests in flight finish until
+// ctx ends, then cancels them and closes what is left. Handed-off connections are std's.
+func (f *h1Front) stop(ctx context.Context) {
+	f.mu.Lock()
+	f.closing.Store(true)
+	f.mu.Unlock()
+	_ = f.ln.Close()
+	f.mu.Lock()
+	for c := range f.conns {
+		if c.idle.Load() {
+			_ = c.nc.SetReadDeadline(time.Now())
+		}
+	}
+	f.mu.Unlock()
+	stdDone := make(chan struct{})
+	go func() {
+		if err := f.std.Shutdown(ctx); err != nil {
+			_ = f.std.Close()
+		}
+		close(stdDone)
+	}()
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		f.cancel()
+		f.mu.Lock()
+		for c := range f.conns {
+			_ = c.nc.Close()
+		}
+		f.mu.Unlock()
+		<-done
+	}
+	<-stdDone
+}
+
+// serveConn serves requests on c until one goes to std, the client leaves, or shutdown.
+func (f *h1Front) serveConn(c *h1Conn) {
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			_ = c.nc.Close()
+		}
+		f.track(c, false)
+	}()
+	for {
+		c.idle.Store(true)
+		if err := c.nc.SetReadDeadline(time.Now().Add(h1IdleTimeout)); err != nil || f.closing.Load() {
+			return
+		}
+		if _, err := c.br.Peek(1); err != nil {
+			return
+		}
+		c.idle.Store(false)
+		if err := c.nc.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout)); err != nil {
+			return
+		}
+		req, body, ok, err := f.readRequest(c)
+		if err != nil {
+			return
+		}
+		if !ok {
+			f.handOff(c, body)
+			handedOff = true
+			return
+		}
+		ok = f.serveCall(c, req, body)
+		bodyPool.Put(body)
+		if !ok {
+			return
+		}
+	}
+}
+
+// readRequest reads one request's head and, when the fast path can serve it, its body. ok
+// false means std serves it: what was read is in c.head and body (nil when none was read).
+func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok bool, err error) {
+	c.head = c.head[:0]
+	maxHeader := f.s.opts.MaxHeaderBytes
+	first := true
+	fast := true
+	seenLength := false
+	for {
+		// A line longer than the read buffer comes in pieces: it is parsed whole, from head.
+		start := len(c.head)
+		line, err := c.br.ReadSlice('\n')
+		for errors.Is(err, bufio.ErrBufferFull) && len(c.head) <= maxHeader {
+			c.head = append(c.head, line...)
+			line, err = c.br.ReadSlice('\n')
+		}
+		c.head = append(c.head, line...)
+		line = c.head[start:]
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				return req, nil, false, nil // too large a head: std answers 431
+			}
+			return req, nil, false, err
+		}
+		if len(c.head) > maxHeader {
+			return req, nil, false, nil
+		}
+		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
+		if first {
+			first = false
+			route, good := parseRequestLine(line)
+			req.route, fast = route, good
+			continue
+		}
+		if len(line) == 0 {
+			break
+		}
+		if !fast {
+			continue // read the rest of the head for std
+		}
+		name, value, good := bytes.Cut(line, []byte(":"))
+		if !good || len(name) == 0 || name[0] == ' ' || name[0] == '\t' {
+			fast = false
+			continue
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			n, err := strconv.Atoi(string(value))
+			if seenLength || err != nil || n < 0 || int64(n) > f.s.opts.MaxBodyBytes {
+				fast = false
+			}
+			req.contentLength, seenLength = n, true
+		case asciiEqualFold(name, "Authorization"):
+			req.authorization = value
+		case asciiEqualFold(name, "Connection"):
+			// Keep-alive is the HTTP/1.1 default; anything else (close, upgrade) is std's.
+			fast = fast && asciiEqualFold(value, "keep-alive")
+		case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
+			fast = false
+		}
+	}
+	if !fast || !seenLength {
+		return req, nil, false, nil
+	}
+	body = bodyPool.Get().(*bytes.Buffer)
+	body.Reset()
+	body.Grow(req.contentLength)
+	if _, err := io.CopyN(body, c.br, int64(req.contentLength)); err != nil {
+		bodyPool.Put(body)
+		return req, nil, false, err
+	}
+	// Streams need std's disconnect detection; a body that does not parse, std's 400.
+	_, stream, _, perr := parseCall(body.Bytes())
+	return req, body, perr == nil && !stream, nil
+}
+
+// parseRequestLine accepts "POST <fast route> HTTP/1.1" only.
+func parseRequestLine(line []byte) (string, bool) {
+	method, rest, ok := bytes.Cut(line, []byte(" "))
+	if !ok || string(method) != http.MethodPost {
+		return "", false
+	}
+	target, proto, ok := bytes.Cut(rest, []byte(" "))
+	if !ok || string(proto) != "HTTP/1.1" {
+		return "", false
+	}
+	route, ok := h1Routes[string(target)]
+	return route, ok
+}
+
+func asciiEqualFold(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range len(b) {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// serveCall answers one non-streamed call; false means the connection is done.
+func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
+	if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+		return false
+	}
+	p, fail := f.s.Authenticate(string(req.authorization))
+	if fail != nil {
+		// As the net/http handler counts and words a refusal.
+		f.s.metrics.Rejections.WithLabelValues(f.s.model.Load().name, fail.Reason, "").Inc()
+		f.writeFailure(c, fail)
+		return c.bw.Flush() == nil
+	}
+	f.served.Add(1)
+	sink := &h1Sink{f: f, c: c}
+	_, fail = f.s.Exchange(f.ctx, p, Call{Route: req.route, Body: body.Bytes()}, sink)
+	if fail != nil && !sink.started {
+		if fail.Status == 499 {
+			return false // cancelled by shutdown: nothing to answer
+		}
+		f.writeFailure(c, fail)
+	}
+	return c.bw.Flush() == nil
+}
+
+// writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would.
+func (f *h1Front) writeFailure(c *h1Conn, fail *Failure) {
+	rec := &h1Recorder{header: http.Header{}}
+	fail.writeHTTP(rec)
+	writeStatusLine(c.bw, rec.status)
+	for k, vs := range rec.header {
+		for _, v := range vs {
+			_, _ = fmt.Fprintf(c.bw, "%s: %s\r\n", k, v)
+		}
+	}
+	f.endHead(c, len(rec.body))
+	_, _ = c.bw.Write(rec.body)
+}
+
+func writeStatusLine(bw *bufio.Writer, status int) {
+	_, _ = bw.WriteString("HTTP/1.1 ")
+	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(status), 10))
+	_ = bw.WriteByte(' ')
+	_, _ = bw.WriteString(http.StatusText(status))
+	_, _ = bw.WriteString("\r\n")
+}
+
+// endHead writes Content-Length, Date, Connection: close while shutting down, and the
+// blank line that ends the head.
+func (f *h1Front) endHead(c *h1Conn, length int) {
+	bw := c.bw
+	_, _ = bw.WriteString("Content-Length: ")
+	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(length), 10))
+	_, _ = bw.WriteString("\r\nDate: ")
+	_, _ = bw.WriteString(httpDate())
+	if f.closing.Load() {
+		_, _ = bw.WriteString("\r\nConnection: close")
+	}
+	_, _ = bw.WriteString("\r\n\r\n")
+}
+
+// handOff gives c, with the bytes read so far replayed first, to std.
+func (f *h1Front) handOff(c *h1Conn, body *bytes.Buffer) {
+	prefix := append([]byte(nil), c.head...)
+	if body != nil {
+		prefix = append(prefix, body.Bytes()...)
+		bodyPool.Put(body)
+	}
+	if n := c.br.Buffered(); n > 0 {
+		rest, _ := c.br.Peek(n)
+		prefix = append(prefix, rest...)
+	}
+	_ = c.nc.SetReadDeadline(time.Time{})
+	rc := &replayConn{Conn: c.nc, r: io.MultiReader(bytes.NewReader(prefix), c.nc)}
+	select {
+	case f.handoff.ch <- rc:
+	case <-f.handoff.done:
+		_ = c.nc.Close()
+	}
+}
+
+// h1Sink writes a whole answer into the connection's buffer; the fast path never streams.
+type h1Sink struct {
+	f       *h1Front
+	c       *h1Conn
+	started bool
+}
+
+var errNotStreaming = errors.New("the fast HTTP path does not stream")
+
+func (h *h1Sink) Chunk([]byte) error { return errNotStreaming }
+func (h *h1Sink) End() error         { return errNotStreaming }
+
+func (h *h1Sink) Complete(status int, contentType string, body []byte) error {
+	h.started = true
+	if contentType == "" {
+		contentType = "application/json"
+	}
+	bw := h.c.bw
+	writeStatusLine(bw, status)
+	_, _ = bw.WriteString("Content-Type: ")
+	_, _ = bw.WriteString(contentType)
+	_, _ = bw.WriteString("\r\n")
+	h.f.endHead(h.c, len(body))
+	_, err := bw.Write(body)
+	return err
+}
+
+// h1Recorder collects what an http.Handler-style writer produces, for writeFailure.
+type h1Recorder struct {
+	header http.Header
+	status int
+	body   []byte
+}
+
+func (r *h1Recorder) Header() http.Header { return r.header }
+func (r *h1Recorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+}
+
+func (r *h1Recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	r.body = append(r.body, p...)
+	return len(p), nil
+}
+
+// httpDate is the Date header value, formatted once a second.
+func httpDate() string {
+	now := time.Now()
+	if d := cachedDate.Load(); d != nil && d.sec == now.Unix() {
+		return d.text
+	}
+	d := &dateText{sec: now.Unix(), text: now.UTC().Format(http.TimeFormat)}
+	cachedDate.Store(d)
+	return d.text
+}
+
+type dateText struct {
+	sec  int64
+	text string
+}
+
+var cachedDate atomic.Pointer[dateText]
+
+// connQueue is the net.Listener std serves: the connections the fast path hands off.
+type connQueue struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+	addr net.Addr
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }
+
+// replayConn reads the bytes the fast path already consumed before the connection's own.
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }

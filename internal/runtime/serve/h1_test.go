@@ -1,0 +1,236 @@
+package serve
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/helixflow/helixflow/test/testengine"
+)
+
+// These tests talk raw HTTP/1.1 to the runtime's HTTP front, to see which requests the fast
+// path answers itself and that everything it hands to net/http comes out as net/http would
+// answer it, on the same connection.
+
+const h1Chat = `{"model":"` + testengine.DefaultModel + `","messages":[{"role":"user","content":"hi"}],"max_tokens":4}`
+
+func h1Post(route, key, body string, extra ...string) string {
+	head := "POST " + route + " HTTP/1.1\r\nHost: runtime\r\nContent-Type: application/json\r\n"
+	if key != "" {
+		head += "Authorization: Bearer " + key + "\r\n"
+	}
+	for _, h := range extra {
+		head += h + "\r\n"
+	}
+	return head + fmt.Sprintf("Content-Length: %d\r\n\r\n", len(body)) + body
+}
+
+type h1Client struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func dialH1(t *testing.T, r *rig) *h1Client {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(r.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return &h1Client{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+func (h *h1Client) send(raw ...string) {
+	h.t.Helper()
+	if _, err := io.WriteString(h.c, strings.Join(raw, "")); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// read reads one response whole.
+func (h *h1Client) read() (*http.Response, string) {
+	h.t.Helper()
+	resp, err := http.ReadResponse(h.br, nil)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return resp, string(body)
+}
+
+// expectOK reads one response, which must be a 200 whose body has bodyHas.
+func (h *h1Client) expectOK(bodyHas string) *http.Response {
+	h.t.Helper()
+	resp, body := h.read()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, bodyHas) {
+		h.t.Fatalf("got %d %q, want 200 with %q", resp.StatusCode, body, bodyHas)
+	}
+	return resp
+}
+
+func TestH1FastPathKeepAliveAndPipelining(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	// Two requests in one write, then a third: answered in order on one connection.
+	c.send(h1Post(RouteChatCompletions, key, h1Chat), h1Post(RouteChatCompletions, key, h1Chat))
+	for range 2 {
+		resp := c.expectOK(`"usage"`)
+		if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("Content-Type %q", ct)
+		}
+		if resp.Header.Get("Date") == "" || resp.ContentLength <= 0 {
+			t.Errorf("head %v: want Date and Content-Length", resp.Header)
+		}
+	}
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	c.expectOK(`"usage"`)
+	if got := r.s.h1.served.Load(); got != 3 {
+		t.Errorf("fast path served %d calls, want 3", got)
+	}
+	if got := r.usage.total(testNS + "/k"); got == 0 {
+		t.Error("no usage recorded for calls answered by the fast path")
+	}
+}
+
+func TestH1HandsOffTheRestOnTheSameConnection(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	c.expectOK(`"usage"`)
+	// A stream goes to net/http (it notices a client leaving), and the connection with it.
+	stream := strings.Replace(h1Chat, `"max_tokens":4`, `"max_tokens":4,"stream":true`, 1)
+	c.send(h1Post(RouteChatCompletions, key, stream))
+	resp := c.expectOK("data: [DONE]")
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Errorf("stream Content-Type %q", ct)
+	}
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	c.expectOK(`"usage"`)
+	c.send("GET /v1/models HTTP/1.1\r\nHost: runtime\r\nAuthorization: Bearer " + key + "\r\n\r\n")
+	c.expectOK(testengine.DefaultModel)
+	if got := r.s.h1.served.Load(); got != 1 {
+		t.Errorf("fast path served %d calls, want only the first (then net/http has the connection)", got)
+	}
+}
+
+func TestH1AnswersAsNetHTTPWould(t *testing.T) {
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.MaxBodyBytes, o.MaxHeaderBytes = 2048, 16<<10 })
+	key := r.addKey("k", nil)
+	big := strings.Replace(h1Chat, `"hi"`, `"`+strings.Repeat("x", 4096)+`"`, 1)
+	for _, tc := range []struct {
+		name    string
+		raw     string
+		status  int
+		bodyHas string
+	}{
+		{"fast path", h1Post(RouteChatCompletions, key, h1Chat), 200, `"usage"`},
+		{"embeddings", h1Post(RouteEmbeddings, key, `{"model":"`+testengine.DefaultModel+`","input":"hi"}`), 200, `"embedding"`},
+		{"no key", h1Post(RouteChatCompletions, "", h1Chat), 401, `"error"`},
+		{"wrong key", h1Post(RouteChatCompletions, "hf-nope", h1Chat), 401, `"error"`},
+		{"unknown model", h1Post(RouteChatCompletions, key, strings.Replace(h1Chat, testengine.DefaultModel, "other", 1)), 404, `"model_not_found"`},
+		{"malformed JSON", h1Post(RouteChatCompletions, key, `{"model":`), 400, `"invalid_json"`},
+		{"body over the cap", h1Post(RouteChatCompletions, key, big), 413, `"error"`},
+		// A header line longer than the connection's read buffer, within the cap.
+		{"long header line", h1Post(RouteChatCompletions, key, h1Chat, "X-Long: "+strings.Repeat("y", 6000)), 200, `"usage"`},
+		{"unknown route", h1Post("/v1/nope", key, h1Chat), 404, `"unknown_route"`},
+		{"query string", h1Post(RouteChatCompletions+"?x=1", key, h1Chat), 200, `"usage"`},
+		{"chunked body", "POST " + RouteChatCompletions + " HTTP/1.1\r\nHost: runtime\r\nAuthorization: Bearer " + key +
+			"\r\nTransfer-Encoding: chunked\r\n\r\n" + fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(h1Chat), h1Chat), 200, `"usage"`},
+		{"lower-case header names", strings.Replace(strings.Replace(h1Post(RouteChatCompletions, key, h1Chat),
+			"Authorization", "authorization", 1), "Content-Length", "content-length", 1), 200, `"usage"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialH1(t, r)
+			c.send(tc.raw)
+			resp, body := c.read()
+			if resp.StatusCode != tc.status || !strings.Contains(body, tc.bodyHas) {
+				t.Fatalf("got %d %q, want %d with %q", resp.StatusCode, body, tc.status, tc.bodyHas)
+			}
+			if tc.status >= 400 && tc.status != 431 && resp.Header.Get("Content-Type") != "application/json" {
+				t.Errorf("error Content-Type %q", resp.Header.Get("Content-Type"))
+			}
+		})
+	}
+}
+
+// A head over MaxHeaderBytes gets net/http's 431, or, as from net/http alone, a reset when
+// the server closes on the rest of the request unread.
+func TestH1HeaderOverTheCap(t *testing.T) {
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.MaxHeaderBytes = 4096 })
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 16<<10)))
+	resp, err := http.ReadResponse(c.br, nil)
+	switch {
+	case err == nil && resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge:
+		t.Errorf("status %d, want 431", resp.StatusCode)
+	case err != nil && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF):
+		t.Errorf("reading the answer: %v", err)
+	}
+	if got := r.s.h1.served.Load(); got != 0 {
+		t.Errorf("fast path served %d calls, want 0", got)
+	}
+}
+
+func TestH1ConnectionClose(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat, "Connection: close"))
+	resp := c.expectOK(`"usage"`)
+	if !resp.Close {
+		t.Errorf("response to Connection: close does not close: %v", resp.Header)
+	}
+	if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("connection still open after Connection: close (read: %v)", err)
+	}
+}
+
+func TestH1ShutdownFinishesInFlightAndClosesIdle(t *testing.T) {
+	r := newRig(t, testengine.Config{FirstTokenDelay: 300 * time.Millisecond}, nil)
+	key := r.addKey("k", nil)
+	idle := dialH1(t, r)
+	idle.send(h1Post(RouteChatCompletions, key, h1Chat))
+	idle.expectOK(`"usage"`)
+
+	busy := dialH1(t, r)
+	busy.send(h1Post(RouteChatCompletions, key, h1Chat))
+	time.Sleep(100 * time.Millisecond) // the call is at the engine
+	stopped := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r.s.h1.stop(ctx)
+		close(stopped)
+	}()
+	resp := busy.expectOK(`"usage"`)
+	if !resp.Close {
+		t.Errorf("answer during shutdown does not say Connection: close: %v", resp.Header)
+	}
+	if _, err := idle.br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("idle connection not closed by shutdown (read: %v)", err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shutdown did not finish")
+	}
+	if _, err := net.Dial("tcp", strings.TrimPrefix(r.url, "http://")); err == nil {
+		t.Error("new connections still accepted after shutdown")
+	}
+}
