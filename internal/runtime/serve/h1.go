@@ -325,15 +325,62 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 		return c.bw.Flush() == nil
 	}
 	f.served.Add(1)
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	watch := watchClient(c, cancel)
 	sink := &h1Sink{f: f, c: c}
-	_, fail = f.s.Exchange(f.ctx, p, Call{Route: req.route, Body: body.Bytes()}, sink)
+	_, fail = f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes()}, sink)
+	if !watch.stop() {
+		return false
+	}
 	if fail != nil && !sink.started {
 		if fail.Status == 499 {
-			return false // cancelled by shutdown: nothing to answer
+			return false // the client left, or shutdown gave up: nobody to answer
 		}
 		f.writeFailure(c, fail)
 	}
 	return c.bw.Flush() == nil
+}
+
+// h1WatchAfter is how long a call runs before the fast path starts watching its client: a
+// client that leaves a long generation cancels the engine's work, as with net/http, while
+// the short calls that make up the load pay nothing for it.
+const h1WatchAfter = 500 * time.Millisecond
+
+// clientWatch notices a client closing its connection while its call runs.
+type clientWatch struct {
+	c     *h1Conn
+	timer *time.Timer
+	done  chan struct{}
+	gone  bool
+}
+
+// watchClient starts watching c after h1WatchAfter: a read that ends (EOF, reset) cancels
+// the call. A pipelined request arriving instead stays buffered for the next turn.
+func watchClient(c *h1Conn, cancel context.CancelFunc) *clientWatch {
+	w := &clientWatch{c: c, done: make(chan struct{})}
+	w.timer = time.AfterFunc(h1WatchAfter, func() {
+		defer close(w.done)
+		if _, err := c.br.Peek(1); err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				w.gone = true
+				cancel()
+			}
+		}
+	})
+	return w
+}
+
+// stop ends the watch; false means the client has gone.
+func (w *clientWatch) stop() bool {
+	if w.timer.Stop() {
+		return true // it never started
+	}
+	// Running or done: unblock its read and wait, then clear the deadline for the next turn.
+	_ = w.c.nc.SetReadDeadline(time.Unix(1, 0))
+	<-w.done
+	return !w.gone && w.c.nc.SetReadDeadline(time.Time{}) == nil
 }
 
 // writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would.

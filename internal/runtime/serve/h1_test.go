@@ -234,3 +234,36 @@ func TestH1ShutdownFinishesInFlightAndClosesIdle(t *testing.T) {
 		t.Error("new connections still accepted after shutdown")
 	}
 }
+
+// A client that closes its connection during a long non-streamed call cancels the engine's
+// work, as net/http's handler does.
+func TestH1ClientLeavingCancelsTheEngine(t *testing.T) {
+	r := newRig(t, testengine.Config{FirstTokenDelay: 5 * time.Second}, nil)
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	time.Sleep(100 * time.Millisecond)
+	_ = c.c.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for r.engine.Stats().CancelledRequests == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("engine request not cancelled 3 s after the client left: %+v", r.engine.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A call that outlasts the watch start still answers, and the connection serves the next.
+func TestH1LongCallKeepsTheConnection(t *testing.T) {
+	r := newRig(t, testengine.Config{FirstTokenDelay: 700 * time.Millisecond}, nil)
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	c.expectOK(`"usage"`)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat), h1Post(RouteChatCompletions, key, h1Chat))
+	c.expectOK(`"usage"`)
+	c.expectOK(`"usage"`)
+	if got := r.s.h1.served.Load(); got != 3 {
+		t.Errorf("fast path served %d calls, want 3", got)
+	}
+}
