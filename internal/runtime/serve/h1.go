@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,6 +69,63 @@ type h1Request struct {
 	route         string
 	authorization []byte
 	contentLength int
+
+	hasLength, hasHost, hasAuthorization bool
+}
+
+// header takes one header line; false means the request is std's: a line net/http would
+// refuse (a name that is not a token, a control character in the value), a header that
+// changes how the request is read (Transfer-Encoding, Expect, Upgrade, Connection other
+// than keep-alive), a length net/http would not take or over maxBody (std answers 413),
+// or a second Content-Length or Authorization.
+func (req *h1Request) header(line []byte, maxBody int64) bool {
+	name, value, ok := bytes.Cut(line, []byte(":"))
+	if !ok || !isToken(name) {
+		return false
+	}
+	value = bytes.Trim(value, " \t")
+	for _, b := range value {
+		if (b < ' ' && b != '\t') || b == 0x7f {
+			return false
+		}
+	}
+	switch {
+	case asciiEqualFold(name, "Content-Length"):
+		n, err := strconv.ParseUint(string(value), 10, 63)
+		if req.hasLength || err != nil || n > uint64(maxBody) {
+			return false
+		}
+		req.contentLength, req.hasLength = int(n), true
+	case asciiEqualFold(name, "Authorization"):
+		if req.hasAuthorization {
+			return false
+		}
+		req.authorization, req.hasAuthorization = value, true
+	case asciiEqualFold(name, "Host"):
+		req.hasHost = true // HTTP/1.1 requires it: without, std answers 400
+	case asciiEqualFold(name, "Connection"):
+		// Keep-alive is the HTTP/1.1 default; anything else (close, upgrade) is std's.
+		return asciiEqualFold(value, "keep-alive")
+	case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
+		return false
+	}
+	return true
+}
+
+// isToken reports whether b is an RFC 9110 token, as a header name must be.
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func newH1Front(s *Server, ln net.Listener, std *http.Server) *h1Front {
@@ -209,7 +267,6 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 	maxHeader := f.s.opts.MaxHeaderBytes
 	first := true
 	fast := true
-	seenLength := false
 	for {
 		// A line longer than the read buffer comes in pieces: it is parsed whole, from head.
 		start := len(c.head)
@@ -242,29 +299,9 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 		if !fast {
 			continue // read the rest of the head for std
 		}
-		name, value, good := bytes.Cut(line, []byte(":"))
-		if !good || len(name) == 0 || name[0] == ' ' || name[0] == '\t' {
-			fast = false
-			continue
-		}
-		value = bytes.TrimSpace(value)
-		switch {
-		case asciiEqualFold(name, "Content-Length"):
-			n, err := strconv.Atoi(string(value))
-			if seenLength || err != nil || n < 0 || int64(n) > f.s.opts.MaxBodyBytes {
-				fast = false
-			}
-			req.contentLength, seenLength = n, true
-		case asciiEqualFold(name, "Authorization"):
-			req.authorization = value
-		case asciiEqualFold(name, "Connection"):
-			// Keep-alive is the HTTP/1.1 default; anything else (close, upgrade) is std's.
-			fast = fast && asciiEqualFold(value, "keep-alive")
-		case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
-			fast = false
-		}
+		fast = req.header(line, f.s.opts.MaxBodyBytes)
 	}
-	if !fast || !seenLength {
+	if !fast || !req.hasLength || !req.hasHost {
 		return req, nil, false, nil
 	}
 	body = bodyPool.Get().(*bytes.Buffer)
