@@ -45,9 +45,6 @@ type h1Front struct {
 	std     *http.Server
 	handoff *connQueue
 
-	ctx    context.Context // ends when shutdown gives up waiting: in-flight calls are cancelled
-	cancel context.CancelFunc
-
 	closing atomic.Bool
 	served  atomic.Int64 // calls answered by the fast path (tests read it)
 	mu      sync.Mutex
@@ -129,8 +126,7 @@ func isToken(b []byte) bool {
 }
 
 func newH1Front(s *Server, ln net.Listener, std *http.Server) *h1Front {
-	ctx, cancel := context.WithCancel(context.Background())
-	f := &h1Front{s: s, ln: ln, std: std, ctx: ctx, cancel: cancel, conns: map[*h1Conn]struct{}{}}
+	f := &h1Front{s: s, ln: ln, std: std, conns: map[*h1Conn]struct{}{}}
 	f.handoff = &connQueue{ch: make(chan net.Conn), done: make(chan struct{}), addr: ln.Addr()}
 	s.h1 = f
 	return f
@@ -211,7 +207,7 @@ func (f *h1Front) stop(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		f.cancel()
+		// Closing a connection ends its call: the call's client watch sees it go.
 		f.mu.Lock()
 		for c := range f.conns {
 			_ = c.nc.Close()
@@ -362,7 +358,9 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 		return c.bw.Flush() == nil
 	}
 	f.served.Add(1)
-	ctx, cancel := context.WithCancel(f.ctx)
+	// Not derived from a front-wide context: registering every call with a shared parent
+	// costs a lock and a map entry each.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	watch := watchClient(c, cancel)
 	sink := &h1Sink{f: f, c: c}
