@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/helixflow/helixflow/internal/auth"
 )
 
 // The HTTP front in two parts. net/http costs the runtime more per request than the rest of
@@ -68,6 +70,15 @@ type h1Request struct {
 	contentLength int
 
 	hasLength, hasHost, hasAuthorization bool
+
+	principal *auth.Principal
+}
+
+// authorize authenticates req's Authorization header; false leaves the refusal to std.
+func (f *h1Front) authorize(req *h1Request) bool {
+	p, fail := f.s.Authenticate(string(req.authorization))
+	req.principal = p
+	return fail == nil
 }
 
 // header takes one header line; false means the request is std's: a line net/http would
@@ -99,12 +110,29 @@ func (req *h1Request) header(line []byte, maxBody int64) bool {
 		}
 		req.authorization, req.hasAuthorization = value, true
 	case asciiEqualFold(name, "Host"):
-		req.hasHost = true // HTTP/1.1 requires it: without, std answers 400
+		// HTTP/1.1 requires exactly one: without, or with two, std answers 400.
+		if req.hasHost || len(value) == 0 || !isHost(value) {
+			return false
+		}
+		req.hasHost = true
 	case asciiEqualFold(name, "Connection"):
 		// Keep-alive is the HTTP/1.1 default; anything else (close, upgrade) is std's.
 		return asciiEqualFold(value, "keep-alive")
 	case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
 		return false
+	}
+	return true
+}
+
+// isHost accepts the characters of a host[:port] (net/http refuses the others).
+func isHost(b []byte) bool {
+	for _, c := range b {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("-._~:[]!$&'()*+,;=%", c) >= 0:
+		default:
+			return false
+		}
 	}
 	return true
 }
@@ -146,13 +174,13 @@ func (f *h1Front) serve() error {
 				}
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return err
 			}
-			return err
+			// Out of file descriptors and the like: wait and try again, as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
 		}
 		delay = 0
 		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}
@@ -195,13 +223,6 @@ func (f *h1Front) stop(ctx context.Context) {
 		}
 	}
 	f.mu.Unlock()
-	stdDone := make(chan struct{})
-	go func() {
-		if err := f.std.Shutdown(ctx); err != nil {
-			_ = f.std.Close()
-		}
-		close(stdDone)
-	}()
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
 	select {
@@ -215,7 +236,10 @@ func (f *h1Front) stop(ctx context.Context) {
 		f.mu.Unlock()
 		<-done
 	}
-	<-stdDone
+	// Only now: a connection handed off while the fast path drained is still served.
+	if err := f.std.Shutdown(ctx); err != nil {
+		_ = f.std.Close()
+	}
 }
 
 // serveConn serves requests on c until one goes to std, the client leaves, or shutdown.
@@ -227,14 +251,16 @@ func (f *h1Front) serveConn(c *h1Conn) {
 		}
 		f.track(c, false)
 	}()
+	wait := h1ReadHeaderTimeout // a new connection has as long as net/http gives it
 	for {
 		c.idle.Store(true)
-		if err := c.nc.SetReadDeadline(time.Now().Add(h1IdleTimeout)); err != nil || f.closing.Load() {
+		if err := c.nc.SetReadDeadline(time.Now().Add(wait)); err != nil || f.closing.Load() {
 			return
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return
 		}
+		wait = h1IdleTimeout
 		c.idle.Store(false)
 		if err := c.nc.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout)); err != nil {
 			return
@@ -261,6 +287,9 @@ func (f *h1Front) serveConn(c *h1Conn) {
 func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok bool, err error) {
 	c.head = c.head[:0]
 	maxHeader := f.s.opts.MaxHeaderBytes
+	if maxHeader <= 0 {
+		maxHeader = http.DefaultMaxHeaderBytes // what net/http uses for 0
+	}
 	first := true
 	fast := true
 	for {
@@ -300,9 +329,16 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 	if !fast || !req.hasLength || !req.hasHost {
 		return req, nil, false, nil
 	}
+	// Nothing of the body is read for a caller who may not call: std refuses it as it does.
+	if !f.authorize(&req) {
+		return req, nil, false, nil
+	}
+	// The header timeout covers the head only, as with net/http.
+	if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+		return req, nil, false, err
+	}
 	body = bodyPool.Get().(*bytes.Buffer)
 	body.Reset()
-	body.Grow(req.contentLength)
 	if _, err := io.CopyN(body, c.br, int64(req.contentLength)); err != nil {
 		bodyPool.Put(body)
 		return req, nil, false, err
@@ -347,16 +383,7 @@ func asciiEqualFold(b []byte, s string) bool {
 
 // serveCall answers one non-streamed call; false means the connection is done.
 func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
-	if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
-		return false
-	}
-	p, fail := f.s.Authenticate(string(req.authorization))
-	if fail != nil {
-		// As the net/http handler counts and words a refusal.
-		f.s.metrics.Rejections.WithLabelValues(f.s.model.Load().name, fail.Reason, "").Inc()
-		f.writeFailure(c, fail)
-		return c.bw.Flush() == nil
-	}
+	p := req.principal
 	f.served.Add(1)
 	// Not derived from a front-wide context: registering every call with a shared parent
 	// costs a lock and a map entry each.
@@ -364,7 +391,7 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 	defer cancel()
 	watch := watchClient(c, cancel)
 	sink := &h1Sink{f: f, c: c}
-	_, fail = f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes()}, sink)
+	_, fail := f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes()}, sink)
 	if !watch.stop() {
 		return false
 	}
@@ -436,7 +463,12 @@ func writeStatusLine(bw *bufio.Writer, status int) {
 	_, _ = bw.WriteString("HTTP/1.1 ")
 	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(status), 10))
 	_ = bw.WriteByte(' ')
-	_, _ = bw.WriteString(http.StatusText(status))
+	if text := http.StatusText(status); text != "" {
+		_, _ = bw.WriteString(text)
+	} else {
+		_, _ = bw.WriteString("status code ") // as net/http words an unknown status
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(status), 10))
+	}
 	_, _ = bw.WriteString("\r\n")
 }
 
@@ -572,3 +604,12 @@ type replayConn struct {
 }
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// CloseWrite lets net/http half-close before closing (after a 413 or 431), as it does on
+// the connections it accepts itself, so the client reads the answer rather than a reset.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}

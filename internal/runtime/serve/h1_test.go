@@ -150,6 +150,7 @@ func TestH1AnswersAsNetHTTPWould(t *testing.T) {
 		{"unknown route", h1Post("/v1/nope", key, h1Chat), 404, `"unknown_route"`},
 		// What net/http refuses, the fast path leaves to it.
 		{"no Host", strings.Replace(h1Post(RouteChatCompletions, key, h1Chat), "Host: runtime\r\n", "", 1), 400, "Host"},
+		{"two Host headers", h1Post(RouteChatCompletions, key, h1Chat, "Host: other"), 400, ""},
 		{"signed Content-Length", strings.Replace(h1Post(RouteChatCompletions, key, h1Chat), "Content-Length: ", "Content-Length: +", 1), 400, ""},
 		{"header name not a token", h1Post(RouteChatCompletions, key, h1Chat, "X Bad: y"), 400, ""},
 		{"control character in a value", h1Post(RouteChatCompletions, key, h1Chat, "X-Bad: a\x01b"), 400, ""},
@@ -270,5 +271,21 @@ func TestH1LongCallKeepsTheConnection(t *testing.T) {
 	c.expectOK(`"usage"`)
 	if got := r.s.h1.served.Load(); got != 3 {
 		t.Errorf("fast path served %d calls, want 3", got)
+	}
+}
+
+// A refused caller's body is not read: the 401 comes back although the 4 MiB body it
+// announced never arrives.
+func TestH1RefusedBeforeTheBody(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	c := dialH1(t, r)
+	_ = c.c.SetDeadline(time.Now().Add(3 * time.Second))
+	c.send("POST " + RouteChatCompletions + " HTTP/1.1\r\nHost: runtime\r\nAuthorization: Bearer hf-nope\r\nContent-Length: 4194304\r\n\r\n{")
+	resp, body := c.read()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, `"error"`) {
+		t.Fatalf("got %d %q, want 401", resp.StatusCode, body)
+	}
+	if got := r.s.h1.served.Load(); got != 0 {
+		t.Errorf("fast path served %d calls, want 0", got)
 	}
 }
