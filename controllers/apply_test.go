@@ -139,11 +139,7 @@ func everyChild(t *testing.T, ns string) []client.Object {
 // and lose what the manager stops wanting even though a create (not an apply) made them.
 func TestApplyOwnedWritesOnlyWhatChanged(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
-	owner := &corev1.Namespace{}
-	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, owner); err != nil {
-		t.Fatal(err)
-	}
+	ns, owner := ownerNamespace(t)
 	c, writes := countingWriter(t)
 
 	children := everyChild(t, ns)
@@ -236,11 +232,7 @@ func TestApplyOwnedWritesOnlyWhatChanged(t *testing.T) {
 // whole (a Service's selector, a Role's verbs) is a difference, and goes.
 func TestApplyOwnedRepairsAdditions(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
-	owner := &corev1.Namespace{}
-	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, owner); err != nil {
-		t.Fatal(err)
-	}
+	ns, owner := ownerNamespace(t)
 	c, writes := countingWriter(t)
 	for _, obj := range everyChild(t, ns) {
 		if err := c.applyOwned(ctx, owner, obj); err != nil {
@@ -293,11 +285,7 @@ func TestApplyOwnedRepairsAdditions(t *testing.T) {
 // first, so what the newer desired state drops still goes.
 func TestApplyOwnedCacheBehind(t *testing.T) {
 	ctx := context.Background()
-	ns := newNamespace(t, nil)
-	owner := &corev1.Namespace{}
-	if err := env.Client.Get(ctx, client.ObjectKey{Name: ns}, owner); err != nil {
-		t.Fatal(err)
-	}
+	ns, owner := ownerNamespace(t)
 	c, writes := countingWriter(t)
 	sa := serviceAccountFor(everyChild(t, ns))
 	first := sa.DeepCopy()
@@ -320,6 +308,17 @@ func TestApplyOwnedCacheBehind(t *testing.T) {
 	if got := writes.take(); !reflect.DeepEqual(got, map[string]int{"create": 1, "patch": 1, "apply": 1}) {
 		t.Errorf("sent %v, want a create (AlreadyExists), an ownership patch and an apply", got)
 	}
+}
+
+// ownerNamespace is a new namespace, which owns the children these tests write.
+func ownerNamespace(t *testing.T) (string, *corev1.Namespace) {
+	t.Helper()
+	ns := newNamespace(t, nil)
+	owner := &corev1.Namespace{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: ns}, owner); err != nil {
+		t.Fatal(err)
+	}
+	return ns, owner
 }
 
 func serviceAccountFor(objs []client.Object) *corev1.ServiceAccount {
