@@ -125,27 +125,17 @@ func (req *h1Request) header(line []byte, maxBody int64) bool {
 }
 
 // isHost accepts the characters of a host[:port] (net/http refuses the others).
-func isHost(b []byte) bool {
-	for _, c := range b {
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("-._~:[]!$&'()*+,;=%", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
-}
+func isHost(b []byte) bool { return alnumOr(b, "-._~:[]!$&'()*+,;=%") }
 
 // isToken reports whether b is an RFC 9110 token, as a header name must be.
-func isToken(b []byte) bool {
-	if len(b) == 0 {
-		return false
-	}
+func isToken(b []byte) bool { return len(b) > 0 && alnumOr(b, "!#$%&'*+-.^_`|~") }
+
+// alnumOr reports whether every byte of b is an ASCII letter or digit or one of extra.
+func alnumOr(b []byte, extra string) bool {
 	for _, c := range b {
 		switch {
 		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		case strings.IndexByte(extra, c) >= 0:
 		default:
 			return false
 		}
