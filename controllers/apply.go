@@ -146,16 +146,22 @@ func (w ownedWriter) upgradeOwnership(ctx context.Context, obj client.Object) er
 // A mutating webhook that rewrites a value we set makes every reconcile send an apply
 // that changes nothing; it does not loop.
 func holdsDesired(desired, live client.Object) bool {
-	if !equality.Semantic.DeepDerivative(desired.GetLabels(), live.GetLabels()) ||
-		!equality.Semantic.DeepDerivative(desired.GetAnnotations(), live.GetAnnotations()) {
-		return false
-	}
 	for _, ref := range desired.GetOwnerReferences() {
 		if !hasOwnerReference(live.GetOwnerReferences(), ref) {
 			return false
 		}
 	}
-	return holds(reflect.ValueOf(withoutMeta(desired)), reflect.ValueOf(withoutMeta(live)))
+	// Field by field, without copies: the object's metadata is compared as any nested
+	// object metadata is (labels and annotations); type and status are not compared.
+	want, got := reflect.ValueOf(desired).Elem(), reflect.ValueOf(live).Elem()
+	for i := range want.NumField() {
+		switch f := want.Type().Field(i); {
+		case !f.IsExported(), f.Name == "TypeMeta", f.Name == "Status":
+		case !holds(want.Field(i), got.Field(i)):
+			return false
+		}
+	}
+	return true
 }
 
 var (
@@ -232,18 +238,6 @@ func hasOwnerReference(refs []metav1.OwnerReference, want metav1.OwnerReference)
 		}
 	}
 	return false
-}
-
-// withoutMeta is a copy of obj with its TypeMeta, ObjectMeta and Status zeroed: the part
-// of an object a controller sets through spec-like fields (spec, rules, subjects, data).
-func withoutMeta(obj client.Object) any {
-	v := reflect.ValueOf(obj.DeepCopyObject()).Elem()
-	for _, name := range []string{"TypeMeta", "ObjectMeta", "Status"} {
-		if f := v.FieldByName(name); f.IsValid() && f.CanSet() {
-			f.Set(reflect.Zero(f.Type()))
-		}
-	}
-	return v.Interface()
 }
 
 // applyShared server-side applies obj as FieldOwner without an owner reference, for
