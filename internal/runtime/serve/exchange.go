@@ -47,6 +47,24 @@ type Sink interface {
 type Call struct {
 	Route string
 	Body  []byte
+	// parsed is what a front already read of Body (the fast HTTP path does, to route the
+	// call), so that it is not parsed twice; nil otherwise.
+	parsed *callFields
+}
+
+// callFields are what the runtime reads of a request body.
+type callFields struct {
+	model             []byte
+	stream, wantUsage bool
+}
+
+// fields returns what the runtime reads of the call's body.
+func (c Call) fields() (callFields, error) {
+	if c.parsed != nil {
+		return *c.parsed, nil
+	}
+	model, stream, wantUsage, err := parseCall(c.Body)
+	return callFields{model: model, stream: stream, wantUsage: wantUsage}, err
 }
 
 // Outcome is what a completed call did, for metrics and logs.
@@ -67,7 +85,8 @@ var errClientGone = errors.New("client went away")
 func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sink Sink) (Outcome, *Failure) {
 	start := time.Now()
 	st := s.model.Load()
-	model, stream, wantUsage, err := parseCall(call.Body)
+	fields, err := call.fields()
+	model, stream, wantUsage := fields.model, fields.stream, fields.wantUsage
 	if err != nil {
 		return s.reject(st, p, badRequest("invalid_json", "request body is not a valid JSON object: %v", err))
 	}
@@ -90,8 +109,8 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	if fail != nil {
 		return s.reject(st, p, fail)
 	}
-	inFlight := s.metrics.InFlight.WithLabelValues(st.name)
-	inFlight.Inc()
+	cm := s.metrics.forCall(st.name, call.Route, p.KeyID)
+	cm.inFlight.Inc()
 	body := call.Body
 	if stream && !wantUsage {
 		// Exact usage needs the engine's count for streams too: ask for it, and strip the
@@ -99,9 +118,9 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 		body = withIncludeUsage(body)
 	}
 	out, fail := s.forward(ctx, st, call.Route, body, stream, wantUsage, sink, start)
-	inFlight.Dec()
+	cm.inFlight.Dec()
 	adm.Done(out.Usage.PromptTokens + out.Usage.CompletionTokens)
-	s.settle(st, p, call.Route, out, fail, start)
+	s.settle(st, p, cm, call.Route, out, fail, start)
 	if out.streamEnded {
 		_ = sink.End() // a client gone by now has its usage counted all the same
 	}
@@ -115,19 +134,23 @@ func (s *Server) reject(st *modelState, p *auth.Principal, f *Failure) (Outcome,
 }
 
 // settle records what a call used: metrics, and usage for the manager's aggregator.
-func (s *Server) settle(st *modelState, p *auth.Principal, route string, out Outcome, fail *Failure, start time.Time) {
+func (s *Server) settle(st *modelState, p *auth.Principal, cm *callMetrics, route string, out Outcome, fail *Failure, start time.Time) {
 	status := out.Status
 	if fail != nil {
 		status = fail.Status
 	}
-	s.metrics.Requests.WithLabelValues(st.name, route, s.metrics.code(status), p.KeyID).Inc()
-	s.metrics.Latency.WithLabelValues(st.name, route).Observe(time.Since(start).Seconds())
+	if status == http.StatusOK {
+		cm.ok.Inc()
+	} else {
+		s.metrics.Requests.WithLabelValues(st.name, route, s.metrics.code(status), p.KeyID).Inc()
+	}
+	cm.latency.Observe(time.Since(start).Seconds())
 	u := out.Usage
 	if u.PromptTokens == 0 && u.CompletionTokens == 0 {
 		return
 	}
-	s.metrics.Tokens.WithLabelValues(st.name, p.KeyID, "prompt").Add(float64(u.PromptTokens))
-	s.metrics.Tokens.WithLabelValues(st.name, p.KeyID, "completion").Add(float64(u.CompletionTokens))
+	cm.prompt.Add(float64(u.PromptTokens))
+	cm.completion.Add(float64(u.CompletionTokens))
 	if p.Name != "" && s.usage != nil {
 		s.usage.Record(p.Namespace, p.Name, u.PromptTokens, u.CompletionTokens)
 	}
@@ -156,8 +179,11 @@ func withIncludeUsage(body []byte) []byte {
 
 // forward sends the call to the engine and relays its answer.
 func (s *Server) forward(ctx context.Context, st *modelState, route string, body []byte, stream, wantUsage bool, sink Sink, start time.Time) (Outcome, *Failure) {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-	defer cancel()
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.opts.RequestTimeout {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.RequestTimeout)
+		defer cancel()
+	}
 	accept := "application/json"
 	if stream {
 		accept = "text/event-stream"
@@ -174,15 +200,22 @@ func (s *Server) forward(ctx context.Context, st *modelState, route string, body
 		}
 		return Outcome{Status: http.StatusOK, Usage: u, streamEnded: err == nil}, nil
 	}
+	if resp.Length > maxResponseBytes {
+		return Outcome{}, errAnswerTooLarge()
+	}
+	var src io.Reader = resp.Body // a declared length is already within the cap
+	if resp.Length < 0 {
+		src = io.LimitReader(resp.Body, maxResponseBytes+1)
+	}
 	buf := bodyPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bodyPool.Put(buf)
-	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponseBytes+1)); err != nil {
+	if _, err := buf.ReadFrom(src); err != nil {
 		return Outcome{}, s.upstreamError(st, ctx, err)
 	}
 	data := buf.Bytes()
 	if len(data) > maxResponseBytes {
-		return Outcome{}, upstreamFailure(http.StatusBadGateway, "engine answer is larger than %d bytes", maxResponseBytes)
+		return Outcome{}, errAnswerTooLarge()
 	}
 	out := Outcome{Status: resp.StatusCode}
 	if resp.StatusCode == http.StatusOK {
@@ -192,6 +225,10 @@ func (s *Server) forward(ctx context.Context, st *modelState, route string, body
 	}
 	_ = sink.Complete(resp.StatusCode, resp.ContentType, data)
 	return out, nil
+}
+
+func errAnswerTooLarge() *Failure {
+	return upstreamFailure(http.StatusBadGateway, "engine answer is larger than %d bytes", maxResponseBytes)
 }
 
 // upstreamError maps a failed engine call: the client leaving is not the engine's fault;

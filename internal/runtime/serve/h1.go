@@ -72,6 +72,7 @@ type h1Request struct {
 	hasLength, hasHost, hasAuthorization bool
 
 	principal *auth.Principal
+	fields    callFields // of the body, once read
 }
 
 // authorize authenticates req's Authorization header; false leaves the refusal to std.
@@ -334,8 +335,10 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 		return req, nil, false, err
 	}
 	// Streams need std's disconnect detection; a body that does not parse, std's 400.
-	_, stream, _, perr := parseCall(body.Bytes())
-	return req, body, perr == nil && !stream, nil
+	call := Call{Body: body.Bytes()}
+	fields, perr := call.fields()
+	req.fields = fields
+	return req, body, perr == nil && !fields.stream, nil
 }
 
 // parseRequestLine accepts "POST <fast route> HTTP/1.1" only.
@@ -376,12 +379,13 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 	p := req.principal
 	f.served.Add(1)
 	// Not derived from a front-wide context: registering every call with a shared parent
-	// costs a lock and a map entry each.
-	ctx, cancel := context.WithCancel(context.Background())
+	// costs a lock and a map entry each. The request timeout is set here, so that Exchange
+	// adds no context of its own.
+	ctx, cancel := context.WithTimeout(context.Background(), f.s.opts.RequestTimeout)
 	defer cancel()
 	watch := watchClient(c, cancel)
 	sink := &h1Sink{f: f, c: c}
-	_, fail := f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes()}, sink)
+	_, fail := f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes(), parsed: &req.fields}, sink)
 	if !watch.stop() {
 		return false
 	}

@@ -2,6 +2,7 @@ package serve
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -20,6 +21,35 @@ type Metrics struct {
 	InFlight        *prometheus.GaugeVec
 	registry        *prometheus.Registry
 	statusLabelText [600]string
+	calls           sync.Map // callMetricsKey → *callMetrics
+}
+
+// callMetrics are the metric children every call of one model, route and key ID touches,
+// looked up once: a label lookup hashes and checks each label value every time, and a call
+// made five of them.
+type callMetrics struct {
+	inFlight           prometheus.Gauge
+	latency            prometheus.Observer
+	ok                 prometheus.Counter // requests answered 200
+	prompt, completion prometheus.Counter
+}
+
+type callMetricsKey struct{ model, route, keyID string }
+
+// forCall returns the metric children of calls to model on route with keyID.
+func (m *Metrics) forCall(model, route, keyID string) *callMetrics {
+	k := callMetricsKey{model, route, keyID}
+	if c, ok := m.calls.Load(k); ok {
+		return c.(*callMetrics)
+	}
+	c, _ := m.calls.LoadOrStore(k, &callMetrics{
+		inFlight:   m.InFlight.WithLabelValues(model),
+		latency:    m.Latency.WithLabelValues(model, route),
+		ok:         m.Requests.WithLabelValues(model, route, m.code(200), keyID),
+		prompt:     m.Tokens.WithLabelValues(model, keyID, "prompt"),
+		completion: m.Tokens.WithLabelValues(model, keyID, "completion"),
+	})
+	return c.(*callMetrics)
 }
 
 // latencyBuckets span a cached embedding (ms) to a long generation (minutes).

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
@@ -54,6 +53,7 @@ func newUpstream(base string) (*upstream, error) {
 type upResponse struct {
 	StatusCode  int
 	ContentType string
+	Length      int64 // -1 when the engine did not say
 	Body        io.ReadCloser
 }
 
@@ -105,15 +105,17 @@ func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body [
 		}
 		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
-	resp, err := http.ReadResponse(c.br, nil)
+	head, err := readUpHead(c.br)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("reading the engine's answer: %w", err)
 	}
+	rb, keep := head.bodyReader(c.br)
 	return &upResponse{
-		StatusCode:  resp.StatusCode,
-		ContentType: resp.Header.Get("Content-Type"),
-		Body:        &upBody{u: u, c: c, body: resp.Body, stop: stop, keep: !resp.Close},
+		StatusCode:  head.status,
+		ContentType: head.contentType,
+		Length:      head.length,
+		Body:        &upBody{u: u, c: c, body: rb, stop: stop, keep: keep},
 	}, nil
 }
 
@@ -163,7 +165,7 @@ func (u *upstream) closeIdle() {
 type upBody struct {
 	u      *upstream
 	c      *upConn
-	body   io.ReadCloser
+	body   io.Reader
 	stop   func() bool
 	keep   bool
 	eof    bool
