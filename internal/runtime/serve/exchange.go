@@ -48,8 +48,9 @@ type Call struct {
 	Route string
 	Body  []byte
 	// parsed is what a front already read of Body (the fast HTTP path does, to route the
-	// call), so that it is not parsed twice; nil otherwise.
-	parsed *callFields
+	// call), so that it is not parsed twice; valid when hasParsed.
+	parsed    callFields
+	hasParsed bool
 }
 
 // callFields are what the runtime reads of a request body.
@@ -60,8 +61,8 @@ type callFields struct {
 
 // fields returns what the runtime reads of the call's body.
 func (c Call) fields() (callFields, error) {
-	if c.parsed != nil {
-		return *c.parsed, nil
+	if c.hasParsed {
+		return c.parsed, nil
 	}
 	model, stream, wantUsage, err := parseCall(c.Body)
 	return callFields{model: model, stream: stream, wantUsage: wantUsage}, err

@@ -61,6 +61,10 @@ type h1Conn struct {
 	bw   *bufio.Writer
 	idle atomic.Bool
 	head []byte
+
+	// Reused by each call on the connection.
+	sink  h1Sink
+	watch clientWatch
 }
 
 // h1Request is what the fast path needs of a request.
@@ -175,6 +179,7 @@ func (f *h1Front) serve() error {
 		}
 		delay = 0
 		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}
+		c.sink = h1Sink{f: f, c: c}
 		if !f.track(c, true) {
 			_ = nc.Close()
 			continue
@@ -330,7 +335,7 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 	}
 	body = bodyPool.Get().(*bytes.Buffer)
 	body.Reset()
-	if _, err := io.CopyN(body, c.br, int64(req.contentLength)); err != nil {
+	if err := readBody(c.br, req.contentLength, body); err != nil {
 		bodyPool.Put(body)
 		return req, nil, false, err
 	}
@@ -339,6 +344,22 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 	fields, perr := call.fields()
 	req.fields = fields
 	return req, body, perr == nil && !fields.stream, nil
+}
+
+// readBody reads n bytes of br into body; a body that fits the read buffer (the usual one
+// does, and has mostly arrived with its head) is copied from it in one piece.
+func readBody(br *bufio.Reader, n int, body *bytes.Buffer) error {
+	if n > br.Size() {
+		_, err := io.CopyN(body, br, int64(n))
+		return err
+	}
+	data, err := br.Peek(n)
+	if err != nil {
+		return err
+	}
+	body.Write(data)
+	_, err = br.Discard(n)
+	return err
 }
 
 // parseRequestLine accepts "POST <fast route> HTTP/1.1" only.
@@ -383,13 +404,13 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 	// adds no context of its own.
 	ctx, cancel := context.WithTimeout(context.Background(), f.s.opts.RequestTimeout)
 	defer cancel()
-	watch := watchClient(c, cancel)
-	sink := &h1Sink{f: f, c: c}
-	_, fail := f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes(), parsed: &req.fields}, sink)
-	if !watch.stop() {
+	c.watch.start(c, cancel)
+	c.sink.started = false
+	_, fail := f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes(), parsed: req.fields, hasParsed: true}, &c.sink)
+	if !c.watch.stop() {
 		return false
 	}
-	if fail != nil && !sink.started {
+	if fail != nil && !c.sink.started {
 		if fail.Status == 499 {
 			return false // the client left, or shutdown gave up: nobody to answer
 		}
@@ -403,29 +424,39 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 // the short calls that make up the load pay nothing for it.
 const h1WatchAfter = 500 * time.Millisecond
 
-// clientWatch notices a client closing its connection while its call runs.
+// clientWatch notices a client closing its connection while its call runs. A connection's
+// calls share one (and its timer): a timer and a channel per call were a good part of what
+// the fast path allocated.
 type clientWatch struct {
-	c     *h1Conn
-	timer *time.Timer
-	done  chan struct{}
-	gone  bool
+	c      *h1Conn
+	timer  *time.Timer
+	done   chan struct{} // a value each time the watch has run
+	cancel context.CancelFunc
+	gone   bool
 }
 
-// watchClient starts watching c after h1WatchAfter: a read that ends (EOF, reset) cancels
-// the call. A pipelined request arriving instead stays buffered for the next turn.
-func watchClient(c *h1Conn, cancel context.CancelFunc) *clientWatch {
-	w := &clientWatch{c: c, done: make(chan struct{})}
-	w.timer = time.AfterFunc(h1WatchAfter, func() {
-		defer close(w.done)
-		if _, err := c.br.Peek(1); err != nil {
-			var ne net.Error
-			if !errors.As(err, &ne) || !ne.Timeout() {
-				w.gone = true
-				cancel()
-			}
+// start watches c for the call cancel ends, after h1WatchAfter: a read that ends (EOF,
+// reset) cancels the call. A pipelined request arriving instead stays buffered for the next
+// turn.
+func (w *clientWatch) start(c *h1Conn, cancel context.CancelFunc) {
+	w.cancel, w.gone = cancel, false
+	if w.timer == nil {
+		w.c, w.done = c, make(chan struct{}, 1)
+		w.timer = time.AfterFunc(h1WatchAfter, w.run)
+		return
+	}
+	w.timer.Reset(h1WatchAfter)
+}
+
+func (w *clientWatch) run() {
+	defer func() { w.done <- struct{}{} }()
+	if _, err := w.c.br.Peek(1); err != nil {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			w.gone = true
+			w.cancel()
 		}
-	})
-	return w
+	}
 }
 
 // stop ends the watch; false means the client has gone.

@@ -99,7 +99,7 @@ func (h *upHead) header(line []byte) error {
 	value = bytes.Trim(value, " \t")
 	switch {
 	case asciiEqualFold(name, "Content-Type"):
-		h.contentType = string(value)
+		h.contentType = contentTypeText(value)
 	case asciiEqualFold(name, "Content-Length"):
 		n, err := strconv.ParseInt(string(value), 10, 64)
 		if err != nil || n < 0 || (h.length >= 0 && h.length != n) {
@@ -119,6 +119,16 @@ func (h *upHead) header(line []byte) error {
 		}
 	}
 	return nil
+}
+
+// contentTypeText returns value as a string, without allocating for the types engines send.
+func contentTypeText(value []byte) string {
+	for _, t := range [...]string{"application/json", "text/event-stream", "text/event-stream; charset=utf-8", "application/json; charset=utf-8"} {
+		if string(value) == t {
+			return t
+		}
+	}
+	return string(value)
 }
 
 // readHeadLine reads one line of a head without its line end, counting into size.
@@ -144,16 +154,18 @@ func truncate(b []byte) []byte {
 	return b
 }
 
-// bodyReader returns a reader of the answer's body as h frames it; done reports whether the
-// connection may carry another answer once the body has been read to its end.
-func (h upHead) bodyReader(br *bufio.Reader) (io.Reader, bool) {
+// bodyReader returns a reader of the answer's body as h frames it (lb is used for a known
+// length); keep reports whether the connection may carry another answer once the body has
+// been read to its end.
+func (h upHead) bodyReader(br *bufio.Reader, lb *lengthBody) (r io.Reader, keep bool) {
 	switch {
 	case h.status == 204 || h.status == 304:
 		return eofReader{}, !h.close
 	case h.chunked:
 		return &chunkedBody{br: br, cr: httputil.NewChunkedReader(br)}, !h.close
 	case h.length >= 0:
-		return &lengthBody{br: br, left: h.length}, !h.close
+		*lb = lengthBody{br: br, left: h.length}
+		return lb, !h.close
 	}
 	return br, false // delimited by the engine closing the connection
 }

@@ -31,6 +31,10 @@ type upConn struct {
 	conn net.Conn
 	br   *bufio.Reader
 	bw   *bufio.Writer
+
+	// The answer being read: a connection carries one at a time, so these are reused.
+	body   upBody
+	length lengthBody
 }
 
 func newUpstream(base string) (*upstream, error) {
@@ -48,8 +52,9 @@ func newUpstream(base string) (*upstream, error) {
 	return &upstream{host: host, dialer: net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}, maxIdle: 1024}, nil
 }
 
-// upResponse is the engine's answer; Body must be closed, which returns the connection to
-// the pool when the body was read to its end.
+// upResponse is the engine's answer. Body must be closed once, which returns the connection
+// to the pool when the body was read to its end; it is the connection's, reused for its next
+// answer, so it is not touched after Close.
 type upResponse struct {
 	StatusCode  int
 	ContentType string
@@ -59,11 +64,11 @@ type upResponse struct {
 
 // post sends body to path and returns the engine's answer. ctx bounds the whole exchange,
 // body included: its end (client gone, timeout) unblocks any read or write at once.
-func (u *upstream) post(ctx context.Context, path string, body []byte, accept string) (*upResponse, error) {
+func (u *upstream) post(ctx context.Context, path string, body []byte, accept string) (upResponse, error) {
 	for attempt := 0; ; attempt++ {
 		c, reused, err := u.get(ctx)
 		if err != nil {
-			return nil, err
+			return upResponse{}, err
 		}
 		resp, err := u.roundTrip(ctx, c, path, body, accept)
 		if err == nil {
@@ -73,7 +78,7 @@ func (u *upstream) post(ctx context.Context, path string, body []byte, accept st
 		// A kept-alive connection the engine closed while idle fails before any answer:
 		// nothing was processed, so one retry on a new connection is safe.
 		if !reused || attempt > 0 || ctx.Err() != nil || !errors.Is(err, errNoAnswer) {
-			return nil, err
+			return upResponse{}, err
 		}
 	}
 }
@@ -81,7 +86,7 @@ func (u *upstream) post(ctx context.Context, path string, body []byte, accept st
 // errNoAnswer marks a failure before the first byte of the engine's answer.
 var errNoAnswer = errors.New("connection closed before an answer")
 
-func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body []byte, accept string) (*upResponse, error) {
+func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body []byte, accept string) (upResponse, error) {
 	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
 	bw := c.bw
 	_, _ = bw.WriteString("POST ")
@@ -96,27 +101,23 @@ func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body [
 	_, _ = bw.Write(body)
 	if err := bw.Flush(); err != nil {
 		stop()
-		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+		return upResponse{}, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
 	if _, err := c.br.Peek(1); err != nil {
 		stop()
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return upResponse{}, ctx.Err()
 		}
-		return nil, fmt.Errorf("%w: %w", errNoAnswer, err)
+		return upResponse{}, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
 	head, err := readUpHead(c.br)
 	if err != nil {
 		stop()
-		return nil, fmt.Errorf("reading the engine's answer: %w", err)
+		return upResponse{}, fmt.Errorf("reading the engine's answer: %w", err)
 	}
-	rb, keep := head.bodyReader(c.br)
-	return &upResponse{
-		StatusCode:  head.status,
-		ContentType: head.contentType,
-		Length:      head.length,
-		Body:        &upBody{u: u, c: c, body: rb, stop: stop, keep: keep},
-	}, nil
+	rb, keep := head.bodyReader(c.br, &c.length)
+	c.body = upBody{u: u, c: c, body: rb, stop: stop, keep: keep}
+	return upResponse{StatusCode: head.status, ContentType: head.contentType, Length: head.length, Body: &c.body}, nil
 }
 
 // get returns an idle connection (newest first: it is the least likely to have been closed

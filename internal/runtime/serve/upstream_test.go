@@ -201,7 +201,7 @@ func TestUpstreamRefusesMalformedAnswers(t *testing.T) {
 // A read of a chunked body past its end does not read the next answer as a trailer.
 func TestChunkedBodyEndsOnce(t *testing.T) {
 	br := bufio.NewReader(strings.NewReader("1\r\na\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"))
-	b, _ := upHead{status: 200, length: -1, chunked: true}.bodyReader(br)
+	b, _ := upHead{status: 200, length: -1, chunked: true}.bodyReader(br, &lengthBody{})
 	got, err := io.ReadAll(b)
 	if err != nil || string(got) != "a" {
 		t.Fatalf("ReadAll = %q, %v", got, err)
