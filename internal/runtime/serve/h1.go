@@ -178,7 +178,8 @@ func (f *h1Front) serve() error {
 			continue
 		}
 		delay = 0
-		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(nc, 4096), bw: bufio.NewWriterSize(nc, 4096)}
+		rw := withRawIO(nc) // the fast path's reads and writes; a handed-off connection is nc
+		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(rw, 4096), bw: bufio.NewWriterSize(rw, 4096)}
 		c.sink = h1Sink{f: f, c: c}
 		if !f.track(c, true) {
 			_ = nc.Close()

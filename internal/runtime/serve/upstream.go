@@ -28,9 +28,10 @@ type upstream struct {
 }
 
 type upConn struct {
-	conn net.Conn
-	br   *bufio.Reader
-	bw   *bufio.Writer
+	conn  net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	flush func() error // bw.Flush, bound once
 
 	// The answer being read: a connection carries one at a time, so these are reused.
 	body   upBody
@@ -99,7 +100,7 @@ func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body [
 	_, _ = bw.WriteString(strconv.Itoa(len(body)))
 	_, _ = bw.WriteString("\r\n\r\n")
 	_, _ = bw.Write(body)
-	if err := bw.Flush(); err != nil {
+	if err := c.send(); err != nil {
 		stop()
 		return upResponse{}, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
@@ -120,6 +121,15 @@ func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body [
 	return upResponse{StatusCode: head.status, ContentType: head.contentType, Length: head.length, Body: &c.body}, nil
 }
 
+// send writes the buffered request and, where the connection can (see rawConn), waits for
+// the answer to arrive before the first read.
+func (c *upConn) send() error {
+	if a, ok := c.conn.(interface{ sendAndAwait(func() error) error }); ok && c.br.Buffered() == 0 {
+		return a.sendAndAwait(c.flush)
+	}
+	return c.flush()
+}
+
 // get returns an idle connection (newest first: it is the least likely to have been closed
 // by the engine's idle timeout) or dials one.
 func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
@@ -135,7 +145,10 @@ func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 16<<10)}, false, nil
+	conn = withRawIO(conn)
+	c := &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 16<<10)}
+	c.flush = c.bw.Flush
+	return c, false, nil
 }
 
 func (u *upstream) put(c *upConn) {

@@ -1,0 +1,153 @@
+package serve
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+)
+
+// Reads and writes on the fast path's sockets are made with raw system calls, through the
+// socket's RawConn so that Go's netpoller still does the waiting (and deadlines and Close
+// still interrupt it). A socket Go opened is non-blocking, so these calls never block; what
+// the raw call saves is the scheduler's bookkeeping around a system call. Where system calls
+// are slow (a virtual machine: the benchmark box spends over 10 µs in a loopback write),
+// every read and write outlasts the 20 µs sysmon tick: the P is handed to another thread
+// on each one, and sysmon, which keeps finding such Ps, never slows down. That churn cost the
+// runtime about a quarter of its CPU (sysmon's sleeps, futex wake-ups, idle threads looking
+// for work) in the benchmark's profile.
+
+// rawConn is a net.Conn whose Read and Write use raw system calls.
+type rawConn struct {
+	net.Conn // deadlines, Close, addresses
+	rc       syscall.RawConn
+
+	// The callbacks and their arguments, made once per connection so that a read or a
+	// write allocates nothing. A read and a write may run at once (separate fields).
+	readFn, writeFn func(fd uintptr) bool
+	rp, wp          []byte
+	rn, wn          int
+	rerr, werr      syscall.Errno
+
+	// sendAndAwait's state.
+	awaitFn func(fd uintptr) bool
+	send    func() error
+	sendErr error
+	sent    bool
+}
+
+// withRawIO returns c with raw reads and writes, or c itself where its socket is not
+// reachable (not a TCP or Unix socket).
+func withRawIO(c net.Conn) net.Conn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return c
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	r := &rawConn{Conn: c, rc: rc}
+	r.readFn, r.writeFn, r.awaitFn = r.doRead, r.doWrite, r.doAwait
+	return r
+}
+
+// sendAndAwait calls send, which writes a request on c, and returns once c is readable: the
+// answer, or the end of the connection, has arrived. Go's Read tries a read before it
+// waits, and on a request just sent that read finds nothing: one system call wasted per
+// call. A RawConn's wait forgets readiness from before it began, so waiting first is safe
+// only for data that cannot arrive before the wait does, as an answer cannot come before
+// its request: send runs inside the wait. It returns send's error; a failed wait (deadline,
+// close) is left to the read that follows.
+func (c *rawConn) sendAndAwait(send func() error) error {
+	c.send, c.sendErr, c.sent = send, nil, false
+	_ = c.rc.Read(c.awaitFn)
+	c.send = nil
+	return c.sendErr
+}
+
+func (c *rawConn) doAwait(uintptr) bool {
+	if c.sent {
+		return true // readable
+	}
+	c.sent = true
+	c.sendErr = c.send()
+	return c.sendErr != nil
+}
+
+func (c *rawConn) doRead(fd uintptr) bool {
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(c.rp))), uintptr(len(c.rp)))
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false // the netpoller waits for the socket to be readable
+		}
+		c.rn, c.rerr = int(n), e
+		return true
+	}
+}
+
+func (c *rawConn) doWrite(fd uintptr) bool {
+	for len(c.wp) > 0 {
+		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(c.wp))), uintptr(len(c.wp)))
+		switch e {
+		case 0:
+			c.wn += int(n)
+			c.wp = c.wp[n:]
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false // the netpoller waits for room in the socket's buffer
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
+}
+
+func (c *rawConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rp, c.rn, c.rerr = p, 0, 0
+	err := c.rc.Read(c.readFn)
+	c.rp = nil
+	switch {
+	case err != nil: // closed, or past the read deadline
+		return 0, err
+	case c.rerr != 0:
+		return 0, c.opError("read", c.rerr)
+	case c.rn == 0:
+		return 0, io.EOF
+	}
+	return c.rn, nil
+}
+
+func (c *rawConn) Write(p []byte) (int, error) {
+	c.wp, c.wn, c.werr = p, 0, 0
+	err := c.rc.Write(c.writeFn)
+	c.wp = nil
+	switch {
+	case err != nil:
+		return c.wn, err
+	case c.werr != 0:
+		return c.wn, c.opError("write", c.werr)
+	}
+	return c.wn, nil
+}
+
+// opError words a failed call as package net does.
+func (c *rawConn) opError(op string, errno syscall.Errno) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
+}
+
+// CloseWrite half-closes a TCP connection (net/http does, before closing after an error).
+func (c *rawConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
