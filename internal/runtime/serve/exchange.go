@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -51,6 +52,8 @@ type Call struct {
 	// call), so that it is not parsed twice; valid when hasParsed.
 	parsed    callFields
 	hasParsed bool
+	// abort ends the call early, for a front whose context is not cancellable; nil for others.
+	abort *callAbort
 }
 
 // callFields are what the runtime reads of a request body.
@@ -118,7 +121,11 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 		// extra chunk from what the client sees.
 		body = withIncludeUsage(body)
 	}
-	out, fail := s.forward(ctx, st, call.Route, body, stream, wantUsage, sink, start)
+	uc := upCall{ctx: ctx, deadline: start.Add(s.opts.RequestTimeout), abort: call.abort}
+	if dl, ok := ctx.Deadline(); ok && dl.Before(uc.deadline) {
+		uc.deadline = dl
+	}
+	out, fail := s.forward(uc, st, call.Route, body, stream, wantUsage, sink, start)
 	cm.inFlight.Dec()
 	adm.Done(out.Usage.PromptTokens + out.Usage.CompletionTokens)
 	s.settle(st, p, cm, call.Route, out, fail, start)
@@ -179,19 +186,14 @@ func withIncludeUsage(body []byte) []byte {
 }
 
 // forward sends the call to the engine and relays its answer.
-func (s *Server) forward(ctx context.Context, st *modelState, route string, body []byte, stream, wantUsage bool, sink Sink, start time.Time) (Outcome, *Failure) {
-	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > s.opts.RequestTimeout {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, s.opts.RequestTimeout)
-		defer cancel()
-	}
+func (s *Server) forward(call upCall, st *modelState, route string, body []byte, stream, wantUsage bool, sink Sink, start time.Time) (Outcome, *Failure) {
 	accept := "application/json"
 	if stream {
 		accept = "text/event-stream"
 	}
-	resp, err := s.up.post(ctx, route, body, accept)
+	resp, err := s.up.post(call, route, body, accept)
 	if err != nil {
-		return Outcome{}, s.upstreamError(st, ctx, err)
+		return Outcome{}, s.upstreamError(st, call, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	if stream && resp.StatusCode == http.StatusOK && isEventStream(resp.ContentType) {
@@ -212,7 +214,7 @@ func (s *Server) forward(ctx context.Context, st *modelState, route string, body
 	buf.Reset()
 	defer bodyPool.Put(buf)
 	if _, err := buf.ReadFrom(src); err != nil {
-		return Outcome{}, s.upstreamError(st, ctx, err)
+		return Outcome{}, s.upstreamError(st, call, err)
 	}
 	data := buf.Bytes()
 	if len(data) > maxResponseBytes {
@@ -233,12 +235,12 @@ func errAnswerTooLarge() *Failure {
 }
 
 // upstreamError maps a failed engine call: the client leaving is not the engine's fault;
-// a deadline is 504; anything else (refused, reset) is 502.
-func (s *Server) upstreamError(st *modelState, ctx context.Context, err error) *Failure {
+// the request timeout is 504; anything else (refused, reset) is 502.
+func (s *Server) upstreamError(st *modelState, call upCall, err error) *Failure {
 	switch {
-	case errors.Is(context.Cause(ctx), context.Canceled):
+	case errors.Is(context.Cause(call.ctx), context.Canceled) || call.abort.isAborted():
 		return &Failure{Status: 499, Type: "client_closed", Code: "client_closed", Message: "client closed the request", Reason: "client_closed"}
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || errors.Is(call.ctx.Err(), context.DeadlineExceeded):
 		s.metrics.UpstreamErrors.WithLabelValues(st.name, "timeout").Inc()
 		return upstreamFailure(http.StatusGatewayTimeout, "the engine did not answer within %s", s.opts.RequestTimeout)
 	}

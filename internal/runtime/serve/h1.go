@@ -65,6 +65,7 @@ type h1Conn struct {
 	// Reused by each call on the connection.
 	sink  h1Sink
 	watch clientWatch
+	abort *callAbort
 }
 
 // h1Request is what the fast path needs of a request.
@@ -180,7 +181,7 @@ func (f *h1Front) serve() error {
 		delay = 0
 		rw := withRawIO(nc) // the fast path's reads and writes; a handed-off connection is nc
 		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(rw, 4096), bw: bufio.NewWriterSize(rw, 4096)}
-		c.sink = h1Sink{f: f, c: c}
+		c.sink, c.abort = h1Sink{f: f, c: c}, newCallAbort()
 		if !f.track(c, true) {
 			_ = nc.Close()
 			continue
@@ -400,14 +401,13 @@ func asciiEqualFold(b []byte, s string) bool {
 func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 	p := req.principal
 	f.served.Add(1)
-	// Not derived from a front-wide context: registering every call with a shared parent
-	// costs a lock and a map entry each. The request timeout is set here, so that Exchange
-	// adds no context of its own.
-	ctx, cancel := context.WithTimeout(context.Background(), f.s.opts.RequestTimeout)
-	defer cancel()
-	c.watch.start(c, cancel)
+	// No context per call: the client watch ends a call through the connection's abort hook,
+	// and the request timeout is a deadline on the engine connection.
+	c.abort.reset()
+	c.watch.start(c)
 	c.sink.started = false
-	_, fail := f.s.Exchange(ctx, p, Call{Route: req.route, Body: body.Bytes(), parsed: req.fields, hasParsed: true}, &c.sink)
+	call := Call{Route: req.route, Body: body.Bytes(), parsed: req.fields, hasParsed: true, abort: c.abort}
+	_, fail := f.s.Exchange(context.Background(), p, call, &c.sink)
 	if !c.watch.stop() {
 		return false
 	}
@@ -429,18 +429,16 @@ const h1WatchAfter = 500 * time.Millisecond
 // calls share one (and its timer): a timer and a channel per call were a good part of what
 // the fast path allocated.
 type clientWatch struct {
-	c      *h1Conn
-	timer  *time.Timer
-	done   chan struct{} // a value each time the watch has run
-	cancel context.CancelFunc
-	gone   bool
+	c     *h1Conn
+	timer *time.Timer
+	done  chan struct{} // a value each time the watch has run
+	gone  bool
 }
 
-// start watches c for the call cancel ends, after h1WatchAfter: a read that ends (EOF,
-// reset) cancels the call. A pipelined request arriving instead stays buffered for the next
-// turn.
-func (w *clientWatch) start(c *h1Conn, cancel context.CancelFunc) {
-	w.cancel, w.gone = cancel, false
+// start watches c for its call, after h1WatchAfter: a read that ends (EOF, reset) aborts
+// the call. A pipelined request arriving instead stays buffered for the next turn.
+func (w *clientWatch) start(c *h1Conn) {
+	w.gone = false
 	if w.timer == nil {
 		w.c, w.done = c, make(chan struct{}, 1)
 		w.timer = time.AfterFunc(h1WatchAfter, w.run)
@@ -455,7 +453,7 @@ func (w *clientWatch) run() {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
 			w.gone = true
-			w.cancel()
+			w.c.abort.abort()
 		}
 	}
 }

@@ -63,15 +63,24 @@ type upResponse struct {
 	Body        io.ReadCloser
 }
 
-// post sends body to path and returns the engine's answer. ctx bounds the whole exchange,
-// body included: its end (client gone, timeout) unblocks any read or write at once.
-func (u *upstream) post(ctx context.Context, path string, body []byte, accept string) (upResponse, error) {
+// upCall is how one engine call ends early: its deadline (the request timeout, body
+// included), its context ending, or its abort hook firing (fronts without a cancellable
+// context per call). Any of them unblocks a read or write at once.
+type upCall struct {
+	ctx      context.Context
+	deadline time.Time
+	abort    *callAbort // nil unless the front has one
+}
+
+// post sends body to path and returns the engine's answer.
+func (u *upstream) post(call upCall, path string, body []byte, accept string) (upResponse, error) {
+	ctx := call.ctx
 	for attempt := 0; ; attempt++ {
 		c, reused, err := u.get(ctx)
 		if err != nil {
 			return upResponse{}, err
 		}
-		resp, err := u.roundTrip(ctx, c, path, body, accept)
+		resp, err := u.roundTrip(call, c, path, body, accept)
 		if err == nil {
 			return resp, nil
 		}
@@ -87,8 +96,13 @@ func (u *upstream) post(ctx context.Context, path string, body []byte, accept st
 // errNoAnswer marks a failure before the first byte of the engine's answer.
 var errNoAnswer = errors.New("connection closed before an answer")
 
-func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body []byte, accept string) (upResponse, error) {
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetDeadline(time.Unix(1, 0)) })
+func (u *upstream) roundTrip(call upCall, c *upConn, path string, body []byte, accept string) (upResponse, error) {
+	ctx := call.ctx
+	_ = c.conn.SetDeadline(call.deadline)
+	stop := endEarly(call, c.conn)
+	if stop == nil {
+		return upResponse{}, errAborted
+	}
 	bw := c.bw
 	_, _ = bw.WriteString("POST ")
 	_, _ = bw.WriteString(path)
@@ -119,6 +133,89 @@ func (u *upstream) roundTrip(ctx context.Context, c *upConn, path string, body [
 	rb, keep := head.bodyReader(c.br, &c.length)
 	c.body = upBody{u: u, c: c, body: rb, stop: stop, keep: keep}
 	return upResponse{StatusCode: head.status, ContentType: head.contentType, Length: head.length, Body: &c.body}, nil
+}
+
+// errAborted is a call whose abort hook fired before it reached the engine.
+var errAborted = errors.New("call aborted")
+
+// endEarly arranges for the call on conn to be ended by its context or abort hook, by
+// poisoning conn's deadline. The returned stop ends the arrangement and reports false when
+// conn was poisoned; it is nil when the call was aborted already.
+func endEarly(call upCall, conn net.Conn) func() bool {
+	switch {
+	case call.abort != nil:
+		if !call.abort.attach(conn) {
+			return nil
+		}
+		return call.abort.detachFn
+	case call.ctx.Done() != nil:
+		return context.AfterFunc(call.ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	}
+	return notEnded
+}
+
+func notEnded() bool { return true }
+
+// callAbort ends a call in flight from outside, for a front that has no cancellable context
+// per call (the fast HTTP path's client watch: a context, its child registration and an
+// AfterFunc per call were a good part of what the fast path spent outside system calls).
+// One per connection, reset between calls.
+type callAbort struct {
+	mu       sync.Mutex
+	conn     net.Conn // the engine connection of the call in flight, if any
+	aborted  bool
+	detachFn func() bool // detach, bound once
+}
+
+func newCallAbort() *callAbort {
+	a := &callAbort{}
+	a.detachFn = a.detach
+	return a
+}
+
+func (a *callAbort) attach(conn net.Conn) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.aborted {
+		return false
+	}
+	a.conn = conn
+	return true
+}
+
+// detach reports false when abort poisoned the attached connection.
+func (a *callAbort) detach() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.conn = nil
+	return !a.aborted
+}
+
+// abort ends the call: at once if it is waiting on the engine, or before it reaches it.
+func (a *callAbort) abort() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.aborted = true
+	if a.conn != nil {
+		_ = a.conn.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// isAborted is safe on nil.
+func (a *callAbort) isAborted() bool {
+	if a == nil {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.aborted
+}
+
+// reset readies the hook for the connection's next call.
+func (a *callAbort) reset() {
+	a.mu.Lock()
+	a.aborted, a.conn = false, nil
+	a.mu.Unlock()
 }
 
 // send writes the buffered request and, where the connection can (see rawConn), waits for
@@ -199,7 +296,7 @@ func (b *upBody) Close() error {
 		return nil
 	}
 	b.closed = true
-	// stop is false when the context already fired and poisoned the connection's deadline.
+	// stop is false when the call was ended early and the connection's deadline poisoned.
 	if b.stop() && b.eof && b.keep {
 		b.u.put(b.c)
 		return nil

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // rawEngine is a test double of an engine that answers each request, in order across its
@@ -71,7 +72,7 @@ func (e *rawEngine) serve(c net.Conn) {
 // call posts one request through u and returns the answer's status, type and body.
 func call(t *testing.T, u *upstream) (int, string, string, error) {
 	t.Helper()
-	resp, err := u.post(context.Background(), RouteChatCompletions, []byte(`{}`), "application/json")
+	resp, err := u.post(upCall{ctx: context.Background(), deadline: time.Now().Add(10 * time.Second)}, RouteChatCompletions, []byte(`{}`), "application/json")
 	if err != nil {
 		return 0, "", "", err
 	}
