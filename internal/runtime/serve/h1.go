@@ -66,6 +66,9 @@ type h1Conn struct {
 	sink  h1Sink
 	watch clientWatch
 	abort *callAbort
+
+	await awaiter      // nil where reads and writes are not raw
+	flush func() error // bw.Flush, bound once
 }
 
 // h1Request is what the fast path needs of a request.
@@ -181,7 +184,8 @@ func (f *h1Front) serve() error {
 		delay = 0
 		rw := withRawIO(nc) // the fast path's reads and writes; a handed-off connection is nc
 		c := &h1Conn{nc: nc, br: bufio.NewReaderSize(rw, 4096), bw: bufio.NewWriterSize(rw, 4096)}
-		c.sink, c.abort = h1Sink{f: f, c: c}, newCallAbort()
+		c.sink, c.abort, c.flush = h1Sink{f: f, c: c}, newCallAbort(), c.bw.Flush
+		c.await, _ = rw.(awaiter)
 		if !f.track(c, true) {
 			_ = nc.Close()
 			continue
@@ -250,18 +254,25 @@ func (f *h1Front) serveConn(c *h1Conn) {
 		f.track(c, false)
 	}()
 	wait := h1ReadHeaderTimeout // a new connection has as long as net/http gives it
+	answered := false           // an answer waits in c.bw, sent as the next request is awaited
 	for {
 		c.idle.Store(true)
-		if err := c.nc.SetReadDeadline(time.Now().Add(wait)); err != nil || f.closing.Load() {
-			return
+		readable := false
+		if answered {
+			var ok bool
+			if readable, ok = f.sendAnswer(c); !ok {
+				return
+			}
 		}
-		if _, err := c.br.Peek(1); err != nil {
+		if !f.awaitRequest(c, wait, readable) {
 			return
 		}
 		wait = h1IdleTimeout
 		c.idle.Store(false)
-		if err := c.nc.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout)); err != nil {
-			return
+		if !headBuffered(c.br) {
+			if err := c.nc.SetReadDeadline(time.Now().Add(h1ReadHeaderTimeout)); err != nil {
+				return
+			}
 		}
 		req, body, ok, err := f.readRequest(c)
 		if err != nil {
@@ -277,7 +288,61 @@ func (f *h1Front) serveConn(c *h1Conn) {
 		if !ok {
 			return
 		}
+		answered = true
 	}
+}
+
+// h1AwaitCheck bounds the wait that sends an answer (sendAnswer): a request that arrived
+// unseen by it is read this long after the answer at the latest.
+const h1AwaitCheck = 50 * time.Millisecond
+
+// sendAnswer writes the answer waiting in c.bw. When the client has sent nothing more yet,
+// it is written inside the wait for the next request (sendAndAwait), which spares the read
+// that would find nothing: readable reports that the wait ended with data (or the end of
+// the connection) to read. That wait does not see a request the client pipelined before it
+// began, hence its short deadline, after which the next read looks anyway.
+func (f *h1Front) sendAnswer(c *h1Conn) (readable, ok bool) {
+	if c.await == nil || c.br.Buffered() > 0 {
+		return false, c.flush() == nil
+	}
+	if err := c.nc.SetReadDeadline(time.Now().Add(h1AwaitCheck)); err != nil || f.closing.Load() {
+		return false, c.flush() == nil
+	}
+	readable, err := c.await.sendAndAwait(c.flush)
+	return readable, err == nil
+}
+
+// awaitRequest waits up to wait for the first byte of the next request; false means the
+// connection is done (the client left, it idled out, or shutdown began).
+func (f *h1Front) awaitRequest(c *h1Conn, wait time.Duration, readable bool) bool {
+	if c.br.Buffered() > 0 {
+		return !f.closing.Load()
+	}
+	if readable && !f.closing.Load() {
+		if _, err := c.br.Peek(1); err == nil {
+			return true
+		} else if !isTimeout(err) {
+			return false
+		}
+		// The check's deadline passed as the request came: read it under the idle deadline.
+	}
+	if err := c.nc.SetReadDeadline(time.Now().Add(wait)); err != nil || f.closing.Load() {
+		return false
+	}
+	_, err := c.br.Peek(1)
+	return err == nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// headBuffered reports whether the whole head of the next request is in br already (then
+// reading it cannot block, and needs no header deadline).
+func headBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 
 // readRequest reads one request's head and, when the fast path can serve it, its body. ok
@@ -331,9 +396,12 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 	if !f.authorize(&req) {
 		return req, nil, false, nil
 	}
-	// The header timeout covers the head only, as with net/http.
-	if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
-		return req, nil, false, err
+	// The header timeout covers the head only, as with net/http; a body already read in full
+	// needs no change (the client watch clears the deadline for itself).
+	if c.br.Buffered() < req.contentLength {
+		if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+			return req, nil, false, err
+		}
 	}
 	body = bodyPool.Get().(*bytes.Buffer)
 	body.Reset()
@@ -417,7 +485,7 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 		}
 		f.writeFailure(c, fail)
 	}
-	return c.bw.Flush() == nil
+	return true // the answer is sent by serveConn, as it awaits the next request
 }
 
 // h1WatchAfter is how long a call runs before the fast path starts watching its client: a
@@ -433,6 +501,9 @@ type clientWatch struct {
 	timer *time.Timer
 	done  chan struct{} // a value each time the watch has run
 	gone  bool
+
+	mu       sync.Mutex // orders run's clearing of the read deadline and stop's setting it
+	stopping bool
 }
 
 // start watches c for its call, after h1WatchAfter: a read that ends (EOF, reset) aborts
@@ -449,12 +520,18 @@ func (w *clientWatch) start(c *h1Conn) {
 
 func (w *clientWatch) run() {
 	defer func() { w.done <- struct{}{} }()
-	if _, err := w.c.br.Peek(1); err != nil {
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
-			w.gone = true
-			w.c.abort.abort()
-		}
+	// Whatever read deadline the request left (its head's, or the wait's) does not apply to
+	// the watch, unless stop has begun.
+	w.mu.Lock()
+	if w.stopping {
+		w.mu.Unlock()
+		return
+	}
+	_ = w.c.nc.SetReadDeadline(time.Time{})
+	w.mu.Unlock()
+	if _, err := w.c.br.Peek(1); err != nil && !isTimeout(err) {
+		w.gone = true
+		w.c.abort.abort()
 	}
 }
 
@@ -463,10 +540,16 @@ func (w *clientWatch) stop() bool {
 	if w.timer.Stop() {
 		return true // it never started
 	}
-	// Running or done: unblock its read and wait, then clear the deadline for the next turn.
+	// Running or done: unblock its read and wait. The next turn sets its own deadline.
+	w.mu.Lock()
+	w.stopping = true
 	_ = w.c.nc.SetReadDeadline(time.Unix(1, 0))
+	w.mu.Unlock()
 	<-w.done
-	return !w.gone && w.c.nc.SetReadDeadline(time.Time{}) == nil
+	w.mu.Lock()
+	w.stopping = false
+	w.mu.Unlock()
+	return !w.gone
 }
 
 // writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would.

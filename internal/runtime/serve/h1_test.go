@@ -289,3 +289,24 @@ func TestH1RefusedBeforeTheBody(t *testing.T) {
 		t.Errorf("fast path served %d calls, want 0", got)
 	}
 }
+
+// A request that arrives while the previous call is still at the engine is in the socket
+// before the runtime waits for it (the wait that sends an answer does not see it): it is
+// served all the same, without waiting for the idle timeout.
+func TestH1RequestArrivingDuringACall(t *testing.T) {
+	r := newRig(t, testengine.Config{FirstTokenDelay: 300 * time.Millisecond}, nil)
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	_ = c.c.SetDeadline(time.Now().Add(5 * time.Second)) // far below the 120 s idle timeout
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	deadline := time.Now().Add(3 * time.Second)
+	for r.engine.Stats().Requests < 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.send(h1Post(RouteChatCompletions, key, h1Chat)) // the first call is at the engine now
+	c.expectOK(`"usage"`)
+	c.expectOK(`"usage"`)
+	if got := r.s.h1.served.Load(); got != 2 {
+		t.Errorf("fast path served %d calls, want 2", got)
+	}
+}

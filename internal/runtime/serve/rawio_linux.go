@@ -53,18 +53,18 @@ func withRawIO(c net.Conn) net.Conn {
 	return r
 }
 
-// sendAndAwait calls send, which writes a request on c, and returns once c is readable: the
-// answer, or the end of the connection, has arrived. Go's Read tries a read before it
-// waits, and on a request just sent that read finds nothing: one system call wasted per
-// call. A RawConn's wait forgets readiness from before it began, so waiting first is safe
-// only for data that cannot arrive before the wait does, as an answer cannot come before
-// its request: send runs inside the wait. It returns send's error; a failed wait (deadline,
-// close) is left to the read that follows.
-func (c *rawConn) sendAndAwait(send func() error) error {
+// sendAndAwait calls send, which writes a message on c, and waits until c is readable: the
+// reply, or the end of the connection, has arrived. Go's Read tries a read before it waits,
+// and on a message just sent that read finds nothing: one system call wasted per exchange.
+// A RawConn's wait forgets readiness from before it began, so waiting first is safe only
+// for data that cannot arrive before the wait does, as a reply cannot come before its
+// message: send runs inside the wait. readable is false when the wait failed (deadline,
+// close), which the read that follows then reports; err is send's.
+func (c *rawConn) sendAndAwait(send func() error) (readable bool, err error) {
 	c.send, c.sendErr, c.sent = send, nil, false
-	_ = c.rc.Read(c.awaitFn)
+	werr := c.rc.Read(c.awaitFn)
 	c.send = nil
-	return c.sendErr
+	return werr == nil && c.sendErr == nil, c.sendErr
 }
 
 func (c *rawConn) doAwait(uintptr) bool {

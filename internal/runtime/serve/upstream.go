@@ -135,6 +135,11 @@ func (u *upstream) roundTrip(call upCall, c *upConn, path string, body []byte, a
 	return upResponse{StatusCode: head.status, ContentType: head.contentType, Length: head.length, Body: &c.body}, nil
 }
 
+// awaiter sends a message and waits for its reply to arrive (rawConn, on Linux).
+type awaiter interface {
+	sendAndAwait(send func() error) (readable bool, err error)
+}
+
 // errAborted is a call whose abort hook fired before it reached the engine.
 var errAborted = errors.New("call aborted")
 
@@ -221,8 +226,9 @@ func (a *callAbort) reset() {
 // send writes the buffered request and, where the connection can (see rawConn), waits for
 // the answer to arrive before the first read.
 func (c *upConn) send() error {
-	if a, ok := c.conn.(interface{ sendAndAwait(func() error) error }); ok && c.br.Buffered() == 0 {
-		return a.sendAndAwait(c.flush)
+	if a, ok := c.conn.(awaiter); ok && c.br.Buffered() == 0 {
+		_, err := a.sendAndAwait(c.flush)
+		return err
 	}
 	return c.flush()
 }
