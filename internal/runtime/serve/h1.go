@@ -292,20 +292,16 @@ func (f *h1Front) serveConn(c *h1Conn) {
 	}
 }
 
-// h1AwaitCheck bounds the wait that sends an answer (sendAnswer): a request that arrived
-// unseen by it is read this long after the answer at the latest.
-const h1AwaitCheck = 50 * time.Millisecond
-
 // sendAnswer writes the answer waiting in c.bw. When the client has sent nothing more yet,
 // it is written inside the wait for the next request (sendAndAwait), which spares the read
 // that would find nothing: readable reports that the wait ended with data (or the end of
 // the connection) to read. That wait does not see a request the client pipelined before it
-// began, hence its short deadline, after which the next read looks anyway.
+// began, hence its deadline of awaitCheck, after which the next read looks anyway.
 func (f *h1Front) sendAnswer(c *h1Conn) (readable, ok bool) {
 	if c.await == nil || c.br.Buffered() > 0 {
 		return false, c.flush() == nil
 	}
-	if err := c.nc.SetReadDeadline(time.Now().Add(h1AwaitCheck)); err != nil || f.closing.Load() {
+	if err := c.nc.SetReadDeadline(time.Now().Add(awaitCheck)); err != nil || f.closing.Load() {
 		return false, c.flush() == nil
 	}
 	readable, err := c.await.sendAndAwait(c.flush)

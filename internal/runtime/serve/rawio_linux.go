@@ -17,6 +17,10 @@ import (
 // on each one, and sysmon, which keeps finding such Ps, never slows down. That churn cost the
 // runtime about a quarter of its CPU (sysmon's sleeps, futex wake-ups, idle threads looking
 // for work) in the benchmark's profile.
+//
+// What this gives up: the race detector and the sanitizers do not see the kernel writing
+// into the buffers (syscall.Read annotates that), and a raw write holds its P while the
+// kernel copies (bounded by the socket's buffer, as the socket is non-blocking).
 
 // rawConn is a net.Conn whose Read and Write use raw system calls.
 type rawConn struct {
@@ -58,11 +62,17 @@ func withRawIO(c net.Conn) net.Conn {
 // and on a message just sent that read finds nothing: one system call wasted per exchange.
 // A RawConn's wait forgets readiness from before it began, so waiting first is safe only
 // for data that cannot arrive before the wait does, as a reply cannot come before its
-// message: send runs inside the wait. readable is false when the wait failed (deadline,
-// close), which the read that follows then reports; err is send's.
+// message: send runs inside the wait. The end of the connection can, though (the peer
+// closed it while it was idle), and a pipelined message too: callers bound the wait with a
+// read deadline and then read anyway. readable is false when the wait failed (deadline,
+// close), which the read that follows then reports; err is send's. send always runs, also
+// when the wait could not even start (a deadline already past, shutdown).
 func (c *rawConn) sendAndAwait(send func() error) (readable bool, err error) {
 	c.send, c.sendErr, c.sent = send, nil, false
 	werr := c.rc.Read(c.awaitFn)
+	if !c.sent {
+		c.sendErr = send()
+	}
 	c.send = nil
 	return werr == nil && c.sendErr == nil, c.sendErr
 }
@@ -93,12 +103,15 @@ func (c *rawConn) doRead(fd uintptr) bool {
 func (c *rawConn) doWrite(fd uintptr) bool {
 	for len(c.wp) > 0 {
 		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(c.wp))), uintptr(len(c.wp)))
-		switch e {
-		case 0:
+		switch {
+		case e == 0 && n == 0:
+			c.werr = syscall.EIO // a stream socket does not do this; never spin on it
+			return true
+		case e == 0:
 			c.wn += int(n)
 			c.wp = c.wp[n:]
-		case syscall.EINTR:
-		case syscall.EAGAIN:
+		case e == syscall.EINTR:
+		case e == syscall.EAGAIN:
 			return false // the netpoller waits for room in the socket's buffer
 		default:
 			c.werr = e
@@ -117,7 +130,7 @@ func (c *rawConn) Read(p []byte) (int, error) {
 	c.rp = nil
 	switch {
 	case err != nil: // closed, or past the read deadline
-		return 0, err
+		return 0, renameOp(err, "read")
 	case c.rerr != 0:
 		return 0, c.opError("read", c.rerr)
 	case c.rn == 0:
@@ -132,11 +145,21 @@ func (c *rawConn) Write(p []byte) (int, error) {
 	c.wp = nil
 	switch {
 	case err != nil:
-		return c.wn, err
+		return c.wn, renameOp(err, "write")
 	case c.werr != 0:
 		return c.wn, c.opError("write", c.werr)
 	}
 	return c.wn, nil
+}
+
+// renameOp words an error of the RawConn ("raw-read") as package net's Read would.
+func renameOp(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		e := *oe
+		e.Op = op
+		return &e
+	}
+	return err
 }
 
 // opError words a failed call as package net does.

@@ -97,15 +97,21 @@ func (h *upHead) header(line []byte) error {
 		return fmt.Errorf("malformed header line %q", truncate(line))
 	}
 	value = bytes.Trim(value, " \t")
+	for _, b := range value {
+		if (b < ' ' && b != '\t') || b == 0x7f {
+			// A bare CR passed on would split the head the client reads.
+			return fmt.Errorf("control character in header %q", truncate(name))
+		}
+	}
 	switch {
 	case asciiEqualFold(name, "Content-Type"):
 		h.contentType = contentTypeText(value)
 	case asciiEqualFold(name, "Content-Length"):
-		n, err := strconv.ParseInt(string(value), 10, 64)
-		if err != nil || n < 0 || (h.length >= 0 && h.length != n) {
+		n, err := strconv.ParseUint(string(value), 10, 63) // digits only: no sign
+		if err != nil || (h.length >= 0 && h.length != int64(n)) {
 			return fmt.Errorf("bad Content-Length %q", truncate(value))
 		}
-		h.length = n
+		h.length = int64(n)
 	case asciiEqualFold(name, "Transfer-Encoding"):
 		if h.chunked || !asciiEqualFold(value, "chunked") {
 			return fmt.Errorf("unsupported Transfer-Encoding %q", truncate(value))
@@ -136,8 +142,10 @@ func readHeadLine(br *bufio.Reader, size *int) ([]byte, error) {
 	line, err := br.ReadSlice('\n')
 	*size += len(line)
 	switch {
-	case errors.Is(err, bufio.ErrBufferFull) || *size > maxEngineHead:
-		return nil, fmt.Errorf("answer head longer than %d bytes", min(maxEngineHead, br.Size()))
+	case errors.Is(err, bufio.ErrBufferFull):
+		return nil, fmt.Errorf("a line of the answer head is longer than %d bytes", br.Size())
+	case *size > maxEngineHead:
+		return nil, fmt.Errorf("answer head longer than %d bytes", maxEngineHead)
 	case errors.Is(err, io.EOF) && len(line) > 0:
 		return nil, io.ErrUnexpectedEOF
 	case err != nil:
@@ -201,23 +209,24 @@ func (b *lengthBody) Read(p []byte) (int, error) {
 // chunkedBody reads a chunked body, and the trailer section after the last chunk so that
 // the connection is left at the start of the next answer.
 type chunkedBody struct {
-	br   *bufio.Reader
-	cr   io.Reader
-	done bool
+	br  *bufio.Reader
+	cr  io.Reader
+	end error // once the last chunk was read: io.EOF, or what failed in the trailers
 }
 
 func (b *chunkedBody) Read(p []byte) (int, error) {
-	if b.done {
-		return 0, io.EOF
+	if b.end != nil {
+		return 0, b.end
 	}
 	n, err := b.cr.Read(p)
 	if errors.Is(err, io.EOF) {
-		b.done = true
+		b.end = io.EOF
 		size := 0
 		for {
 			line, terr := readHeadLine(b.br, &size)
 			if terr != nil {
-				return n, fmt.Errorf("reading the engine's trailers: %w", eofUnexpected(terr))
+				b.end = fmt.Errorf("reading the engine's trailers: %w", eofUnexpected(terr))
+				return n, b.end
 			}
 			if len(line) == 0 {
 				break

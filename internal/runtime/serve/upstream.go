@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -72,22 +73,29 @@ type upCall struct {
 	abort    *callAbort // nil unless the front has one
 }
 
+// ended reports whether the call's context ended or its abort hook fired.
+func (call upCall) ended() bool { return call.ctx.Err() != nil || call.abort.isAborted() }
+
 // post sends body to path and returns the engine's answer.
 func (u *upstream) post(call upCall, path string, body []byte, accept string) (upResponse, error) {
-	ctx := call.ctx
 	for attempt := 0; ; attempt++ {
-		c, reused, err := u.get(ctx)
+		c, reused, err := u.get(call)
 		if err != nil {
 			return upResponse{}, err
 		}
 		resp, err := u.roundTrip(call, c, path, body, accept)
-		if err == nil {
+		switch {
+		case err == nil:
 			return resp, nil
+		case errors.Is(err, errAborted):
+			u.put(c) // never used
+			return upResponse{}, err
 		}
 		_ = c.conn.Close()
 		// A kept-alive connection the engine closed while idle fails before any answer:
-		// nothing was processed, so one retry on a new connection is safe.
-		if !reused || attempt > 0 || ctx.Err() != nil || !errors.Is(err, errNoAnswer) {
+		// nothing was processed, so one retry on a new connection is safe. Not when the
+		// call's time is up or it was ended: the retry could only fail the same way.
+		if !reused || attempt > 0 || call.ended() || !errors.Is(err, errNoAnswer) || errors.Is(err, os.ErrDeadlineExceeded) {
 			return upResponse{}, err
 		}
 	}
@@ -114,7 +122,7 @@ func (u *upstream) roundTrip(call upCall, c *upConn, path string, body []byte, a
 	_, _ = bw.WriteString(strconv.Itoa(len(body)))
 	_, _ = bw.WriteString("\r\n\r\n")
 	_, _ = bw.Write(body)
-	if err := c.send(); err != nil {
+	if err := c.send(call); err != nil {
 		stop()
 		return upResponse{}, fmt.Errorf("%w: %w", errNoAnswer, err)
 	}
@@ -139,6 +147,11 @@ func (u *upstream) roundTrip(call upCall, c *upConn, path string, body []byte, a
 type awaiter interface {
 	sendAndAwait(send func() error) (readable bool, err error)
 }
+
+// awaitCheck bounds a wait that sends (awaiter): what such a wait cannot see (a request the
+// client pipelined, an engine connection closed while pooled) is read this long after the
+// wait began, at the latest.
+const awaitCheck = 50 * time.Millisecond
 
 // errAborted is a call whose abort hook fired before it reached the engine.
 var errAborted = errors.New("call aborted")
@@ -224,18 +237,32 @@ func (a *callAbort) reset() {
 }
 
 // send writes the buffered request and, where the connection can (see rawConn), waits for
-// the answer to arrive before the first read.
-func (c *upConn) send() error {
-	if a, ok := c.conn.(awaiter); ok && c.br.Buffered() == 0 {
+// the answer to arrive before the first read. That wait is bounded by awaitCheck: it would
+// not see the engine having closed the connection while it was pooled (a half-closed
+// engine may never send anything more); the read that follows it does.
+func (c *upConn) send(call upCall) error {
+	a, ok := c.conn.(awaiter)
+	if !ok || c.br.Buffered() > 0 {
+		return c.flush()
+	}
+	check := time.Now().Add(awaitCheck)
+	if !check.Before(call.deadline) {
 		_, err := a.sendAndAwait(c.flush)
 		return err
 	}
-	return c.flush()
+	_ = c.conn.SetReadDeadline(check)
+	_, err := a.sendAndAwait(c.flush)
+	_ = c.conn.SetReadDeadline(call.deadline)
+	if call.ended() {
+		// Ended while the check's deadline stood in for the poisoned one: poison it again.
+		_ = c.conn.SetDeadline(time.Unix(1, 0))
+	}
+	return err
 }
 
 // get returns an idle connection (newest first: it is the least likely to have been closed
-// by the engine's idle timeout) or dials one.
-func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
+// by the engine's idle timeout) or dials one, within the call's deadline.
+func (u *upstream) get(call upCall) (*upConn, bool, error) {
 	u.mu.Lock()
 	if n := len(u.idle); n > 0 {
 		c := u.idle[n-1]
@@ -244,7 +271,9 @@ func (u *upstream) get(ctx context.Context) (*upConn, bool, error) {
 		return c, true, nil
 	}
 	u.mu.Unlock()
-	conn, err := u.dialer.DialContext(ctx, "tcp", u.host)
+	d := u.dialer
+	d.Deadline = call.deadline
+	conn, err := d.DialContext(call.ctx, "tcp", u.host)
 	if err != nil {
 		return nil, false, err
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -173,6 +174,8 @@ func TestUpstreamRefusesMalformedAnswers(t *testing.T) {
 		"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n",
 		"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: +1\r\n\r\na",
+		"HTTP/1.1 200 OK\r\nContent-Type: text/plain\rX-Injected: yes\r\nContent-Length: 0\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 0\r\n\r\n",
@@ -212,5 +215,106 @@ func TestChunkedBodyEndsOnce(t *testing.T) {
 	}
 	if rest, _ := br.ReadString('\n'); rest != "HTTP/1.1 200 OK\r\n" {
 		t.Fatalf("left %q for the next answer", rest)
+	}
+}
+
+// pairEngine is a test double of an engine that answers each request with "ok"; first, if
+// set, runs on each new connection after its first answer.
+func pairEngine(t *testing.T, hang *atomic.Bool, first func(net.Conn)) (*upstream, *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	conns := &atomic.Int32{}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := conns.Add(1)
+			go func() {
+				defer func() { _ = c.Close() }()
+				br := bufio.NewReader(c)
+				for answered := false; ; answered = true {
+					if answered && first != nil && n == 1 {
+						first(c)
+						return
+					}
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if hang != nil && hang.Load() {
+						continue
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				}
+			}()
+		}
+	}()
+	u, err := newUpstream("http://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u.closeIdle)
+	return u, conns
+}
+
+func postWithin(u *upstream, d time.Duration) error {
+	resp, err := u.post(upCall{ctx: context.Background(), deadline: time.Now().Add(d)}, RouteChatCompletions, []byte(`{}`), "application/json")
+	if err != nil {
+		return err
+	}
+	_, err = io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	return err
+}
+
+// An engine that half-closed a pooled connection (and still reads, as a lingering close
+// does) never answers on it: the call is retried on a new connection rather than waiting
+// out its deadline (the wait that sends the request does not see the earlier close).
+func TestUpstreamEngineClosedWhileIdle(t *testing.T) {
+	u, conns := pairEngine(t, nil, func(c net.Conn) {
+		_ = c.(*net.TCPConn).CloseWrite()
+		_, _ = io.Copy(io.Discard, c)
+	})
+	if err := postWithin(u, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the engine's FIN arrives while the connection idles
+	if err := postWithin(u, 5*time.Second); err != nil {
+		t.Fatalf("call after the engine closed the pooled connection: %v", err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("engine saw %d connections, want 2", n)
+	}
+}
+
+// A call whose time runs out is not retried: the retry would fail the same way, and close
+// another pooled connection that was fine.
+func TestUpstreamTimeoutLeavesOtherConnections(t *testing.T) {
+	var hang atomic.Bool
+	u, _ := pairEngine(t, &hang, nil)
+	// Two calls at once: two pooled connections.
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { errs <- postWithin(u, 5*time.Second) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	pooled := len(u.idle)
+	hang.Store(true)
+	if err := postWithin(u, 100*time.Millisecond); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("call to a hung engine: %v, want a deadline error", err)
+	}
+	if got := len(u.idle); got != pooled-1 {
+		t.Errorf("%d pooled connections after the timeout, want %d (only the timed-out one closed)", got, pooled-1)
 	}
 }
