@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -154,7 +155,8 @@ func (c *rawConn) Write(p []byte) (int, error) {
 
 // renameOp words an error of the RawConn ("raw-read") as package net's Read would.
 func renameOp(err error, op string) error {
-	if oe, ok := err.(*net.OpError); ok {
+	var oe *net.OpError
+	if errors.As(err, &oe) { // RawConn returns it unwrapped
 		e := *oe
 		e.Op = op
 		return &e
