@@ -96,15 +96,9 @@ func (f *h1Front) authorize(req *h1Request) bool {
 // than keep-alive), a length net/http would not take or over maxBody (std answers 413),
 // or a second Content-Length or Authorization.
 func (req *h1Request) header(line []byte, maxBody int64) bool {
-	name, value, ok := bytes.Cut(line, []byte(":"))
-	if !ok || !isToken(name) {
+	name, value, ok := splitHeader(line)
+	if !ok {
 		return false
-	}
-	value = bytes.Trim(value, " \t")
-	for _, b := range value {
-		if (b < ' ' && b != '\t') || b == 0x7f {
-			return false
-		}
 	}
 	switch {
 	case asciiEqualFold(name, "Content-Length"):
@@ -133,19 +127,48 @@ func (req *h1Request) header(line []byte, maxBody int64) bool {
 	return true
 }
 
-// isHost accepts the characters of a host[:port] (net/http refuses the others).
-func isHost(b []byte) bool { return alnumOr(b, "-._~:[]!$&'()*+,;=%") }
+// splitHeader splits a header line into its name and its value without the optional white
+// space around it; false when the name is not a token or the value holds a control
+// character other than tab (net/http refuses both; a bare CR passed on would split a head).
+func splitHeader(line []byte) (name, value []byte, ok bool) {
+	name, value, ok = bytes.Cut(line, []byte(":"))
+	if !ok || !isToken(name) {
+		return nil, nil, false
+	}
+	for len(value) > 0 && (value[0] == ' ' || value[0] == '\t') {
+		value = value[1:]
+	}
+	for len(value) > 0 && (value[len(value)-1] == ' ' || value[len(value)-1] == '\t') {
+		value = value[:len(value)-1]
+	}
+	for _, b := range value {
+		if (b < ' ' && b != '\t') || b == 0x7f {
+			return nil, nil, false
+		}
+	}
+	return name, value, true
+}
 
-// isToken reports whether b is an RFC 9110 token, as a header name must be.
-func isToken(b []byte) bool { return len(b) > 0 && alnumOr(b, "!#$%&'*+-.^_`|~") }
+// Byte classes of header names (RFC 9110 tokens) and of Host values (the characters of a
+// host[:port]; net/http refuses the others), as tables: every byte of every header line
+// of every request goes through one of them.
+var tokenByte, hostByte = byteClass("!#$%&'*+-.^_`|~"), byteClass("-._~:[]!$&'()*+,;=%")
 
-// alnumOr reports whether every byte of b is an ASCII letter or digit or one of extra.
-func alnumOr(b []byte, extra string) bool {
+// byteClass is a table of the ASCII letters and digits and the bytes of extra.
+func byteClass(extra string) (t [256]bool) {
+	for c := range 256 {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, byte(c)) >= 0
+	}
+	return t
+}
+
+func isHost(b []byte) bool { return allIn(b, &hostByte) }
+
+func isToken(b []byte) bool { return len(b) > 0 && allIn(b, &tokenByte) }
+
+func allIn(b []byte, class *[256]bool) bool {
 	for _, c := range b {
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte(extra, c) >= 0:
-		default:
+		if !class[c] {
 			return false
 		}
 	}

@@ -92,16 +92,9 @@ func readOneHead(br *bufio.Reader) (upHead, error) {
 
 // header takes one header line of an answer.
 func (h *upHead) header(line []byte) error {
-	name, value, ok := bytes.Cut(line, []byte(":"))
-	if !ok || !isToken(name) {
+	name, value, ok := splitHeader(line)
+	if !ok {
 		return fmt.Errorf("malformed header line %q", truncate(line))
-	}
-	value = bytes.Trim(value, " \t")
-	for _, b := range value {
-		if (b < ' ' && b != '\t') || b == 0x7f {
-			// A bare CR passed on would split the head the client reads.
-			return fmt.Errorf("control character in header %q", truncate(name))
-		}
 	}
 	switch {
 	case asciiEqualFold(name, "Content-Type"):

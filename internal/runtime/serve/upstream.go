@@ -119,7 +119,7 @@ func (u *upstream) roundTrip(call upCall, c *upConn, path string, body []byte, a
 	_, _ = bw.WriteString("\r\nContent-Type: application/json\r\nAccept: ")
 	_, _ = bw.WriteString(accept)
 	_, _ = bw.WriteString("\r\nContent-Length: ")
-	_, _ = bw.WriteString(strconv.Itoa(len(body)))
+	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(len(body)), 10))
 	_, _ = bw.WriteString("\r\n\r\n")
 	_, _ = bw.Write(body)
 	if err := c.send(call); err != nil {
