@@ -67,7 +67,11 @@ func (c Call) fields() (callFields, error) {
 	if c.hasParsed {
 		return c.parsed, nil
 	}
-	model, stream, wantUsage, err := parseCall(c.Body)
+	return readFields(c.Body)
+}
+
+func readFields(body []byte) (callFields, error) {
+	model, stream, wantUsage, err := parseCall(body)
 	return callFields{model: model, stream: stream, wantUsage: wantUsage}, err
 }
 

@@ -429,8 +429,7 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 		return req, nil, false, err
 	}
 	// Streams need std's disconnect detection; a body that does not parse, std's 400.
-	call := Call{Body: body.Bytes()}
-	fields, perr := call.fields()
+	fields, perr := readFields(body.Bytes())
 	req.fields = fields
 	return req, body, perr == nil && !fields.stream, nil
 }

@@ -246,16 +246,17 @@ func (c *upConn) send(call upCall) error {
 		return c.flush()
 	}
 	check := time.Now().Add(awaitCheck)
-	if !check.Before(call.deadline) {
-		_, err := a.sendAndAwait(c.flush)
-		return err
+	bounded := check.Before(call.deadline)
+	if bounded {
+		_ = c.conn.SetReadDeadline(check)
 	}
-	_ = c.conn.SetReadDeadline(check)
 	_, err := a.sendAndAwait(c.flush)
-	_ = c.conn.SetReadDeadline(call.deadline)
-	if call.ended() {
-		// Ended while the check's deadline stood in for the poisoned one: poison it again.
-		_ = c.conn.SetDeadline(time.Unix(1, 0))
+	if bounded {
+		_ = c.conn.SetReadDeadline(call.deadline)
+		if call.ended() {
+			// Ended while the check's deadline stood in for the poisoned one: poison it again.
+			_ = c.conn.SetDeadline(time.Unix(1, 0))
+		}
 	}
 	return err
 }
