@@ -69,6 +69,7 @@ func (s *Server) grpcServeOn(ln net.Listener) server {
 	stopRefresh := make(chan struct{})
 	var stopOnce sync.Once
 	return server{
+		addr: ln.Addr(),
 		serve: func() error {
 			go hs.run(stopRefresh)
 			if err := gs.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -178,8 +178,13 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, srv := range servers {
 		go func() { errs <- srv.serve() }()
 	}
-	s.opts.Log.Info("runtime serving", "model", s.opts.Model, "namespace", s.opts.Namespace, "upstream", s.opts.Upstream,
-		"http", s.opts.HTTPAddress, "grpc", s.opts.GRPCAddress, "metrics", s.opts.MetricsAddress)
+	// The addresses bound, not the flags: with port 0 (tests, harnesses) this line is how a
+	// caller learns the port the kernel picked.
+	kv := []any{"model", s.opts.Model, "namespace", s.opts.Namespace, "upstream", s.opts.Upstream}
+	for _, srv := range servers {
+		kv = append(kv, srv.name, srv.addr.String())
+	}
+	s.opts.Log.Info("runtime serving", kv...)
 	select {
 	case <-ctx.Done():
 	case err := <-errs:
@@ -213,6 +218,8 @@ func (s *Server) shutdown(servers []server) {
 
 // server is one listening front.
 type server struct {
+	name  string   // "http", "grpc" or "metrics"
+	addr  net.Addr // where it listens
 	serve func() error
 	stop  func(context.Context)
 }
@@ -225,7 +232,9 @@ func (s *Server) listen() ([]server, error) {
 		if err != nil {
 			return nil, fmt.Errorf("listening on %s: %w", s.opts.HTTPAddress, err)
 		}
-		out = append(out, s.httpFront(ln))
+		srv := s.httpFront(ln)
+		srv.name = "http"
+		out = append(out, srv)
 	}
 	if s.opts.MetricsAddress != "0" {
 		mux := http.NewServeMux()
@@ -234,6 +243,7 @@ func (s *Server) listen() ([]server, error) {
 		if err != nil {
 			return nil, err
 		}
+		srv.name = "metrics"
 		out = append(out, srv)
 	}
 	if s.opts.GRPCAddress != "0" {
@@ -241,6 +251,7 @@ func (s *Server) listen() ([]server, error) {
 		if err != nil {
 			return nil, err
 		}
+		srv.name = "grpc"
 		out = append(out, srv)
 	}
 	return out, nil
@@ -253,6 +264,7 @@ func (s *Server) httpServer(addr string, h http.Handler) (server, error) {
 	}
 	srv := s.stdServer(h)
 	return server{
+		addr: ln.Addr(),
 		serve: func() error {
 			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("serving %s: %w", addr, err)
@@ -271,7 +283,7 @@ func (s *Server) httpServer(addr string, h http.Handler) (server, error) {
 // net/http for the rest (h1.go).
 func (s *Server) httpFront(ln net.Listener) server {
 	f := newH1Front(s, ln, s.stdServer(s.Handler()))
-	return server{serve: f.serve, stop: f.stop}
+	return server{addr: ln.Addr(), serve: f.serve, stop: f.stop}
 }
 
 // stdServer is the net/http server of the HTTP and metrics ports.

@@ -126,6 +126,27 @@ func startNginx(ctx context.Context, engineURL, workers string, logf func(string
 	} else {
 		return nil, &nginxUnavailable{fmt.Sprintf("%s -v failed: %v: %s", bin, err, out)}
 	}
+	// nginx is given a port found free a moment before (it cannot report one the kernel
+	// picked); should another process take it in between, nginx fails to bind and is
+	// started again on another.
+	for attempt := 1; ; attempt++ {
+		n, err := launchNginx(ctx, bin, engineURL, workers)
+		if err == nil {
+			n.version = version
+			return n, nil
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "Address already in use") {
+			return nil, err
+		}
+		if logf != nil {
+			logf("nginx could not bind its port, taken in the meantime; starting it on another")
+		}
+	}
+}
+
+// launchNginx starts nginx with its configuration in a new folder, listening on a free
+// loopback port, and waits until it proxies.
+func launchNginx(ctx context.Context, bin, engineURL, workers string) (*nginxProxy, error) {
 	dir, err := os.MkdirTemp("", "helixflow-bench-nginx-")
 	if err != nil {
 		return nil, err
@@ -155,7 +176,7 @@ func startNginx(ctx context.Context, engineURL, workers string, logf func(string
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	n := &nginxProxy{proc: p, dir: dir, url: "http://" + listen, version: version}
+	n := &nginxProxy{proc: p, dir: dir, url: "http://" + listen}
 	if err := n.waitReady(ctx); err != nil {
 		_ = n.close()
 		return nil, err

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -164,28 +165,52 @@ type runtimeServe struct {
 
 // startRuntime runs `runtime serve` in front of the engine, with usage reporting off (no
 // --usage-endpoint: there is no manager), and waits for its /readyz: the InferenceModel and
-// the ApiKeys read and the engine healthy.
+// the ApiKeys read and the engine healthy. Its HTTP and metrics ports are the kernel's pick
+// (port 0), read back from its "runtime serving" log line: a port found free beforehand can
+// be taken by another process before the runtime binds it.
 func startRuntime(ctx context.Context, bin, engineURL, kubeconfig string) (*runtimeServe, error) {
-	httpAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
-	metricsAddr, err := freeAddr()
-	if err != nil {
-		return nil, err
-	}
 	cmd := exec.Command(bin, "serve", "--model", benchModel, "--namespace", benchNamespace, "--upstream", engineURL,
-		"--http-address", httpAddr, "--grpc-address", "0", "--metrics-address", metricsAddr, "--kubeconfig", kubeconfig)
+		"--http-address", "127.0.0.1:0", "--grpc-address", "0", "--metrics-address", "127.0.0.1:0", "--kubeconfig", kubeconfig)
 	p, err := startProc("runtime serve", cmd)
 	if err != nil {
 		return nil, err
 	}
-	rs := &runtimeServe{proc: p, url: "http://" + httpAddr, metricsURL: "http://" + metricsAddr + "/metrics"}
-	if err := p.waitFor(ctx, 30*time.Second, "200 on /readyz", httpOK(rs.url+"/readyz")); err != nil {
+	var addrs servingLine
+	err = p.waitFor(ctx, 30*time.Second, `"runtime serving" log line`, func() string {
+		var ok bool
+		if addrs, ok = findServingLine(p.out.String()); !ok {
+			return `no "runtime serving" log line with the http and metrics addresses`
+		}
+		return ""
+	})
+	rs := &runtimeServe{proc: p, url: "http://" + addrs.HTTP, metricsURL: "http://" + addrs.Metrics + "/metrics"}
+	if err == nil {
+		err = p.waitFor(ctx, 30*time.Second, "200 on /readyz", httpOK(rs.url+"/readyz"))
+	}
+	if err != nil {
 		_ = rs.close()
 		return nil, err
 	}
 	return rs, nil
+}
+
+// servingLine is what the harness reads of the runtime's "runtime serving" log line (JSON,
+// one object per line): the addresses it listens on.
+type servingLine struct {
+	Msg     string `json:"msg"`
+	HTTP    string `json:"http"`
+	Metrics string `json:"metrics"`
+}
+
+// findServingLine finds the "runtime serving" line in the runtime's output.
+func findServingLine(out string) (servingLine, bool) {
+	for line := range strings.Lines(out) {
+		var l servingLine
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == "runtime serving" && l.HTTP != "" && l.Metrics != "" {
+			return l, true
+		}
+	}
+	return servingLine{}, false
 }
 
 // close stops the runtime by its PID (SIGTERM: it drains, then exits).
