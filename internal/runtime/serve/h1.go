@@ -597,13 +597,16 @@ func writeStatusLine(bw *bufio.Writer, status int) {
 	_, _ = bw.WriteString("\r\n")
 }
 
-// endHead writes Content-Length, Date, Connection: close while shutting down, and the
-// blank line that ends the head.
+// endHead writes Content-Length (none when length < 0), Date, Connection: close while
+// shutting down, and the blank line that ends the head.
 func (f *h1Front) endHead(c *h1Conn, length int) {
 	bw := c.bw
-	_, _ = bw.WriteString("Content-Length: ")
-	_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(length), 10))
-	_, _ = bw.WriteString("\r\nDate: ")
+	if length >= 0 {
+		_, _ = bw.WriteString("Content-Length: ")
+		_, _ = bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(length), 10))
+		_, _ = bw.WriteString("\r\n")
+	}
+	_, _ = bw.WriteString("Date: ")
 	_, _ = bw.WriteString(httpDate())
 	if f.closing.Load() {
 		_, _ = bw.WriteString("\r\nConnection: close")
@@ -653,6 +656,11 @@ func (h *h1Sink) Complete(status int, contentType string, body []byte) error {
 	_, _ = bw.WriteString("Content-Type: ")
 	_, _ = bw.WriteString(contentType)
 	_, _ = bw.WriteString("\r\n")
+	if status == http.StatusNoContent || status == http.StatusNotModified {
+		// Neither has a body, nor a Content-Length (RFC 9110 §8.6), as net/http answers them.
+		h.f.endHead(h.c, -1)
+		return nil
+	}
 	h.f.endHead(h.c, len(body))
 	_, err := bw.Write(body)
 	return err

@@ -310,3 +310,48 @@ func TestH1RequestArrivingDuringACall(t *testing.T) {
 		t.Errorf("fast path served %d calls, want 2", got)
 	}
 }
+
+// readHead reads one answer's head, line by line, as sent.
+func (h *h1Client) readHead() []string {
+	h.t.Helper()
+	var lines []string
+	for {
+		line, err := h.br.ReadString('\n')
+		if err != nil {
+			h.t.Fatalf("reading a head: %v (so far %q)", err, lines)
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if line == "" {
+			return lines
+		}
+		lines = append(lines, line)
+	}
+}
+
+func TestH1NoContentAnswersHaveNoLength(t *testing.T) {
+	ok := `{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`
+	engine := newRawEngine(t,
+		"HTTP/1.1 204 No Content\r\nContent-Type: application/json\r\n\r\n",
+		"HTTP/1.1 304 Not Modified\r\n\r\n",
+		fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(ok), ok))
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.Upstream = engine.url })
+	key := r.addKey("k", nil)
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat), h1Post(RouteChatCompletions, key, h1Chat), h1Post(RouteChatCompletions, key, h1Chat))
+	for _, status := range []string{"204 No Content", "304 Not Modified"} {
+		head := c.readHead()
+		if head[0] != "HTTP/1.1 "+status {
+			t.Fatalf("status line %q, want %q", head[0], status)
+		}
+		for _, line := range head {
+			if strings.HasPrefix(strings.ToLower(line), "content-length:") {
+				t.Errorf("%s answered with %q: a %s has no Content-Length", status, line, status)
+			}
+		}
+	}
+	// Nothing followed either head: the next answer starts right after it.
+	c.expectOK(`"usage"`)
+	if got := r.s.h1.served.Load(); got != 3 {
+		t.Errorf("fast path served %d calls, want 3", got)
+	}
+}
