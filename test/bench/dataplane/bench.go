@@ -461,6 +461,7 @@ func (r *report) Print(w io.Writer) {
 		ra, na := rt.p50()-direct.p50(), ngx.p50()-direct.p50()
 		fmt.Fprintf(w, "  %s  runtime added p50 <= nginx added p50: %+.3f ms vs %+.3f ms\n",
 			passFail(ra <= na), float64(ra)/float64(time.Millisecond), float64(na)/float64(time.Millisecond))
+		fmt.Fprintf(w, "  round by round (the two paths measured seconds apart): %s\n", roundRatios(rt, ngx))
 	}
 	for _, p := range r.Paths {
 		if p.measured() && p.errors() > 0 {
@@ -474,4 +475,23 @@ func passFail(ok bool) string {
 		return "PASS"
 	}
 	return "FAIL"
+}
+
+// roundRatios compares the runtime with nginx round by round: on a shared machine a round
+// can be slow for every process at once, and a target met on the medians by a few percent
+// is within that noise unless the rounds agree.
+func roundRatios(rt, ngx *pathResult) string {
+	n := min(len(rt.Rounds), len(ngx.Rounds))
+	var ratios []string
+	ahead := 0
+	for i := range n {
+		a, b := rt.Rounds[i], ngx.Rounds[i]
+		if b.RPS > 0 {
+			ratios = append(ratios, fmt.Sprintf("%.2fx", a.RPS/b.RPS))
+		}
+		if a.RPS >= b.RPS {
+			ahead++
+		}
+	}
+	return fmt.Sprintf("runtime RPS / nginx RPS %s; runtime ahead in %d of %d rounds", strings.Join(ratios, ", "), ahead, n)
 }

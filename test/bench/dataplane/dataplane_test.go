@@ -137,3 +137,12 @@ func TestMedian(t *testing.T) {
 		t.Errorf("median of 2 = %v, want 2", got)
 	}
 }
+
+func TestRoundRatios(t *testing.T) {
+	rt := &pathResult{Rounds: []loadResult{{RPS: 110}, {RPS: 90}, {RPS: 100}}}
+	ngx := &pathResult{Rounds: []loadResult{{RPS: 100}, {RPS: 100}, {RPS: 100}}}
+	want := "runtime RPS / nginx RPS 1.10x, 0.90x, 1.00x; runtime ahead in 2 of 3 rounds"
+	if got := roundRatios(rt, ngx); got != want {
+		t.Errorf("roundRatios = %q, want %q", got, want)
+	}
+}
