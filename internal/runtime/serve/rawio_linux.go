@@ -19,9 +19,10 @@ import (
 // runtime about a quarter of its CPU (sysmon's sleeps, futex wake-ups, idle threads looking
 // for work) in the benchmark's profile.
 //
-// What this gives up: the race detector and the sanitizers do not see the kernel writing
-// into the buffers (syscall.Read annotates that), and a raw write holds its P while the
-// kernel copies (bounded by the socket's buffer, as the socket is non-blocking).
+// What this gives up: a raw write holds its P while the kernel copies (bounded by the
+// socket's buffer, as the socket is non-blocking). The race detector and the sanitizers
+// still see the kernel read and write the buffers: Read and Write tell them, as package
+// syscall does (rawio_race.go, rawio_msan.go, rawio_asan.go).
 
 // rawConn is a net.Conn whose Read and Write use raw system calls.
 type rawConn struct {
@@ -134,7 +135,9 @@ func (c *rawConn) Read(p []byte) (int, error) {
 		return 0, renameOp(err, "read")
 	case c.rerr != 0:
 		return 0, c.opError("read", c.rerr)
-	case c.rn == 0:
+	}
+	rawReadDone(p[:c.rn])
+	if c.rn == 0 {
 		return 0, io.EOF
 	}
 	return c.rn, nil
@@ -142,8 +145,10 @@ func (c *rawConn) Read(p []byte) (int, error) {
 
 func (c *rawConn) Write(p []byte) (int, error) {
 	c.wp, c.wn, c.werr = p, 0, 0
+	rawWriteStart()
 	err := c.rc.Write(c.writeFn)
 	c.wp = nil
+	rawWriteDone(p[:c.wn])
 	switch {
 	case err != nil:
 		return c.wn, renameOp(err, "write")
