@@ -128,6 +128,16 @@ test: ## Run all tests against a real API server (builds the test binaries first
 	echo "KUBEBUILDER_ASSETS=$$dir go test -timeout=30m $(GO_TEST_FLAGS) ./..."; \
 	KUBEBUILDER_ASSETS="$$dir" $(GO) test -timeout=30m $(GO_TEST_FLAGS) ./...
 
+# The data plane's packages: goroutines sharing connections, limiters and usage batches, and
+# raw system calls that report to the race detector themselves (rawio_race.go).
+RACE_PACKAGES ?= ./internal/runtime/... ./internal/usage/... ./internal/auth/...
+
+.PHONY: test-race
+test-race: ## Run the data plane's tests under the race detector.
+	@dir=$$(hack/testbin/build.sh); \
+	echo "KUBEBUILDER_ASSETS=$$dir go test -race -timeout=30m $(GO_TEST_FLAGS) $(RACE_PACKAGES)"; \
+	KUBEBUILDER_ASSETS="$$dir" $(GO) test -race -timeout=30m $(GO_TEST_FLAGS) $(RACE_PACKAGES)
+
 BENCH_MODELS ?= 200
 
 .PHONY: bench
