@@ -4,7 +4,6 @@ package serve
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -40,25 +39,7 @@ var raceSink byte
 // racyRawIO reads a buffer while a raw Read fills it, and writes one while a raw Write sends
 // it, in goroutines with nothing ordering them against the I/O.
 func racyRawIO(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ln.Close() }()
-	a, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = a.Close() }()
-	b, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = b.Close() }()
-	rc, ok := withRawIO(a).(*rawConn)
-	if !ok {
-		t.Fatal("a TCP connection is not made raw")
-	}
+	rc, b := rawPair(t)
 
 	var wg sync.WaitGroup
 	in := make([]byte, 8)
