@@ -31,7 +31,12 @@ type config struct {
 	// Nginx measures the nginx path; when nginx cannot be found or installed the path is
 	// skipped with the reason (never a made-up figure).
 	Nginx bool
-	// Paths limits the measured paths (pathDirect, pathRuntime, pathNginx); empty is all.
+	// BaselineRuntime is a second runtime binary (another commit's build, or a script that
+	// execs one with other settings), measured as its own path, interleaved with the others,
+	// so a change and its baseline are compared in one run. Empty leaves the path out.
+	BaselineRuntime string
+	// Paths limits the measured paths (pathDirect, pathRuntime, pathNginx, pathBaseline);
+	// empty is all.
 	// Setup and checks run for all of them; only the load is limited (for profiling one path).
 	Paths []string
 	// Log receives progress lines; nil discards them.
@@ -46,9 +51,10 @@ func defaultConfig() config {
 
 // Path names, in table order.
 const (
-	pathDirect  = "direct"
-	pathRuntime = "runtime serve"
-	pathNginx   = "nginx"
+	pathDirect   = "direct"
+	pathRuntime  = "runtime serve"
+	pathNginx    = "nginx"
+	pathBaseline = "runtime base" // -baseline-runtime
 )
 
 // pathResult is one path over all rounds.
@@ -263,6 +269,18 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 	rep.Processes = append(rep.Processes, fmt.Sprintf("runtime serve pid %d, %s (%s serve, built from ./cmd/runtime, "+
 		"against a kube-apiserver: envtest)", rs.proc.pid(), gomaxprocs, runtimeBinary))
 	targets[rt] = target{url: rs.url, authorization: "Bearer " + rs.key, enginePID: eng.proc.pid(), proxyPID: rs.proc.pid()}
+	if cfg.BaselineRuntime != "" {
+		base := &pathResult{Name: pathBaseline}
+		rep.Paths = append(rep.Paths, base)
+		bs, err := startRuntime(ctx, cfg.BaselineRuntime, eng.url, kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("starting the baseline runtime %s: %w", cfg.BaselineRuntime, err)
+		}
+		defer stopping("the baseline runtime", bs.close)
+		logf("baseline runtime (%s) on %s (pid %d)", cfg.BaselineRuntime, bs.url, bs.proc.pid())
+		rep.Processes = append(rep.Processes, fmt.Sprintf("baseline runtime pid %d (%s)", bs.proc.pid(), cfg.BaselineRuntime))
+		targets[base] = target{url: bs.url, authorization: "Bearer " + key, enginePID: eng.proc.pid(), proxyPID: bs.proc.pid()}
+	}
 	notes, err := rs.checkEnforcement(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("runtime serve: %w", err)
@@ -463,6 +481,10 @@ func (r *report) Print(w io.Writer) {
 			passFail(ra <= na), float64(ra)/float64(time.Millisecond), float64(na)/float64(time.Millisecond))
 		fmt.Fprintf(w, "  round by round (the two paths measured seconds apart): %s\n", roundRatios(rt, ngx))
 	}
+	if base := r.path(pathBaseline); base != nil && base.measured() && rt.measured() {
+		fmt.Fprintf(w, "\nagainst the baseline runtime (%s): %.2fx its RPS, p50 %+.3f ms; round by round: %s\n",
+			c.BaselineRuntime, rt.rps()/base.rps(), float64(rt.p50()-base.p50())/float64(time.Millisecond), roundRatios(rt, base))
+	}
 	for _, p := range r.Paths {
 		if p.measured() && p.errors() > 0 {
 			fmt.Fprintf(w, "  NOTE  %s had %d errors: its figures are not a clean measurement\n", p.Name, p.errors())
@@ -477,15 +499,15 @@ func passFail(ok bool) string {
 	return "FAIL"
 }
 
-// roundRatios compares the runtime with nginx round by round: on a shared machine a round
+// roundRatios compares p with than round by round: on a shared machine a round
 // can be slow for every process at once, and a target met on the medians by a few percent
 // is within that noise unless the rounds agree.
-func roundRatios(rt, ngx *pathResult) string {
-	n := min(len(rt.Rounds), len(ngx.Rounds))
+func roundRatios(p, than *pathResult) string {
+	n := min(len(p.Rounds), len(than.Rounds))
 	var ratios []string
 	ahead := 0
 	for i := range n {
-		a, b := rt.Rounds[i], ngx.Rounds[i]
+		a, b := p.Rounds[i], than.Rounds[i]
 		if b.RPS > 0 {
 			ratios = append(ratios, fmt.Sprintf("%.2fx", a.RPS/b.RPS))
 		}
@@ -493,5 +515,5 @@ func roundRatios(rt, ngx *pathResult) string {
 			ahead++
 		}
 	}
-	return fmt.Sprintf("runtime RPS / nginx RPS %s; runtime ahead in %d of %d rounds", strings.Join(ratios, ", "), ahead, n)
+	return fmt.Sprintf("%s RPS / %s RPS %s; %s ahead in %d of %d rounds", p.Name, than.Name, strings.Join(ratios, ", "), p.Name, ahead, n)
 }

@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/helixflow/helixflow/test/clients"
 )
 
 // TestHarness runs the harness's core briefly (about 1 s per path, 2 clients, one round) and
@@ -31,6 +35,13 @@ func TestHarness(t *testing.T) {
 	cfg.Log = &log
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
+	// The same runtime once more as the baseline path (in use, another commit's build).
+	cfg.BaselineRuntime = filepath.Join(t.TempDir(), runtimeBinary)
+	build := exec.CommandContext(ctx, "go", "build", "-o", cfg.BaselineRuntime, "./cmd/"+runtimeBinary)
+	build.Dir = clients.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the baseline runtime: %v\n%s", err, out)
+	}
 	rep, err := runBench(ctx, cfg)
 	if err != nil {
 		t.Fatalf("harness: %v\n%s", err, log.String())
@@ -39,7 +50,7 @@ func TestHarness(t *testing.T) {
 	rep.Print(&out)
 	t.Log(out.String())
 
-	want := []string{pathDirect, pathRuntime}
+	want := []string{pathDirect, pathRuntime, pathBaseline}
 	if cfg.Nginx {
 		want = append(want, pathNginx)
 	}
@@ -63,8 +74,10 @@ func TestHarness(t *testing.T) {
 			t.Error(n)
 		}
 	}
-	if !strings.Contains(out.String(), "runtime RPS >= nginx RPS") {
-		t.Errorf("report has no target lines:\n%s", out.String())
+	for _, line := range []string{"runtime RPS >= nginx RPS", "against the baseline runtime"} {
+		if !strings.Contains(out.String(), line) {
+			t.Errorf("report has no %q line:\n%s", line, out.String())
+		}
 	}
 	// Every component was its own process, with its CPU measured, and is stopped by now.
 	for _, name := range want {
@@ -139,9 +152,9 @@ func TestMedian(t *testing.T) {
 }
 
 func TestRoundRatios(t *testing.T) {
-	rt := &pathResult{Rounds: []loadResult{{RPS: 110}, {RPS: 90}, {RPS: 100}}}
-	ngx := &pathResult{Rounds: []loadResult{{RPS: 100}, {RPS: 100}, {RPS: 100}}}
-	want := "runtime RPS / nginx RPS 1.10x, 0.90x, 1.00x; runtime ahead in 2 of 3 rounds"
+	rt := &pathResult{Name: pathRuntime, Rounds: []loadResult{{RPS: 110}, {RPS: 90}, {RPS: 100}}}
+	ngx := &pathResult{Name: pathNginx, Rounds: []loadResult{{RPS: 100}, {RPS: 100}, {RPS: 100}}}
+	want := "runtime serve RPS / nginx RPS 1.10x, 0.90x, 1.00x; runtime serve ahead in 2 of 3 rounds"
 	if got := roundRatios(rt, ngx); got != want {
 		t.Errorf("roundRatios = %q, want %q", got, want)
 	}

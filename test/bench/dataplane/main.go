@@ -77,7 +77,9 @@ func main() {
 	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "rounds; the three paths run interleaved in each, and the table shows medians over rounds")
 	flag.StringVar(&cfg.NginxWorkers, "nginx-workers", cfg.NginxWorkers, `nginx worker_processes ("auto" = one per CPU, as the runtime gets GOMAXPROCS = CPUs)`)
 	flag.BoolVar(&cfg.Nginx, "nginx", cfg.Nginx, "measure the nginx path (installs nginx with hack/install-nginx.sh when missing)")
-	paths := flag.String("paths", "direct,runtime,nginx", "paths to load, comma-separated (direct, runtime, nginx); all are set up and checked either way")
+	flag.StringVar(&cfg.BaselineRuntime, "baseline-runtime", "", "a second runtime binary to measure as its own path, interleaved: another commit's `go build ./cmd/runtime`, "+
+		"or a script that execs one (e.g. with GOMAXPROCS set); it must log the addresses it bound (commits from 7047fec on)")
+	paths := flag.String("paths", "direct,runtime,nginx,baseline", "paths to load, comma-separated (direct, runtime, nginx, baseline); all are set up and checked either way")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the harness process, i.e. the load generator only (the engine, runtime and nginx are other processes), to this file")
 	flag.Parse()
 	cfg.Log = os.Stderr
@@ -89,8 +91,10 @@ func main() {
 			cfg.Paths = append(cfg.Paths, pathRuntime)
 		case "nginx":
 			cfg.Paths = append(cfg.Paths, pathNginx)
+		case "baseline":
+			cfg.Paths = append(cfg.Paths, pathBaseline)
 		default:
-			fmt.Fprintf(os.Stderr, "bench-dataplane: unknown path %q in -paths (want direct, runtime, nginx)\n", p)
+			fmt.Fprintf(os.Stderr, "bench-dataplane: unknown path %q in -paths (want direct, runtime, nginx, baseline)\n", p)
 			os.Exit(2)
 		}
 	}
