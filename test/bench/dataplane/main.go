@@ -77,7 +77,7 @@ func main() {
 	flag.IntVar(&cfg.Rounds, "rounds", cfg.Rounds, "rounds; the three paths run interleaved in each, and the table shows medians over rounds")
 	flag.StringVar(&cfg.NginxWorkers, "nginx-workers", cfg.NginxWorkers, `nginx worker_processes ("auto" = one per CPU, as the runtime gets GOMAXPROCS = CPUs)`)
 	flag.BoolVar(&cfg.Nginx, "nginx", cfg.Nginx, "measure the nginx path (installs nginx with hack/install-nginx.sh when missing)")
-	flag.StringVar(&cfg.BaselineRuntime, "baseline-runtime", "", "a second runtime binary to measure as its own path, interleaved: another commit's `go build ./cmd/runtime`, "+
+	flag.StringVar(&cfg.BaselineRuntime, "baseline-runtime", "", "a second runtime binary to measure as its own path, interleaved: another commit's build of ./cmd/runtime, "+
 		"or a script that execs one (e.g. with GOMAXPROCS set); it must log the addresses it bound (commits from 7047fec on)")
 	paths := flag.String("paths", "direct,runtime,nginx,baseline", "paths to load, comma-separated (direct, runtime, nginx, baseline); all are set up and checked either way")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the harness process, i.e. the load generator only (the engine, runtime and nginx are other processes), to this file")
