@@ -15,7 +15,7 @@ func TestExecute(t *testing.T) {
 		wantStderr []string
 	}{
 		{name: "help lists the subcommands", args: []string{"--help"}, wantCode: ExitOK, wantStdout: []string{"serve", "probe", "fetch"}},
-		{name: "serve help documents its flags", args: []string{"serve", "--help"}, wantCode: ExitOK, wantStdout: []string{"--http-address", "--grpc-address", "--usage-endpoint"}},
+		{name: "serve help documents its flags", args: []string{"serve", "--help"}, wantCode: ExitOK, wantStdout: []string{"--http-address", "--grpc-address", "--usage-endpoint", "--adaptive-procs"}},
 		{name: "probe help documents its flags", args: []string{"probe", "--help"}, wantCode: ExitOK, wantStdout: []string{"--node-name"}},
 		{name: "fetch help documents its flags", args: []string{"fetch", "--help"}, wantCode: ExitOK, wantStdout: []string{"--uri", "--dest"}},
 		{name: "serve needs its model", args: []string{"serve", "--namespace=ns"}, wantCode: ExitError, wantStderr: []string{"--model and --namespace"}},

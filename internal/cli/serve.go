@@ -11,12 +11,14 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/helixflow/helixflow/internal/runtime/procs"
 	"github.com/helixflow/helixflow/internal/runtime/serve"
 )
 
 func newServeCommand() *cobra.Command {
 	opts := serve.DefaultOptions()
 	var kubeconfig string
+	adaptiveProcs := true
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the OpenAI-compatible API in front of the engine",
@@ -26,7 +28,9 @@ limits (divided among the model's ready replicas), forwards to the engine on loc
 streams answers without buffering (SSE, WebSocket /v1/stream, gRPC), counts tokens from the
 engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServe(cmd.Context(), opts, kubeconfig) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runServe(cmd.Context(), opts, kubeconfig, adaptiveProcs)
+		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.Model, "model", "", "Name of the InferenceModel this pod serves.")
@@ -42,10 +46,12 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", opts.ShutdownTimeout, "How long in-flight requests and streams may finish on SIGTERM.")
 	f.StringVar(&opts.UpstreamHealthPath, "upstream-health-path", opts.UpstreamHealthPath, "The engine's health endpoint, checked by /readyz.")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")
+	f.BoolVar(&adaptiveProcs, "adaptive-procs", adaptiveProcs, "Size GOMAXPROCS to the load, up to its value at start (Go's default follows the CPU limit); "+
+		"false keeps it fixed.")
 	return cmd
 }
 
-func runServe(ctx context.Context, opts serve.Options, kubeconfig string) error {
+func runServe(ctx context.Context, opts serve.Options, kubeconfig string, adaptiveProcs bool) error {
 	if opts.Model == "" || opts.Namespace == "" {
 		return errors.New("--model and --namespace (or $POD_NAMESPACE) are required")
 	}
@@ -59,6 +65,14 @@ func runServe(ctx context.Context, opts serve.Options, kubeconfig string) error 
 	}
 	opts.Kube = cfg
 	opts.Log = logger.WithName("serve")
+	if adaptiveProcs {
+		// A process-wide setting, so here and not in the serve package: a data plane whose
+		// load fits in fewer Ps than the node has CPUs spends less per request with fewer.
+		plog := logger.WithName("procs")
+		go procs.Run(ctx, procs.Config{Changed: func(from, to int, busy float64) {
+			plog.V(1).Info("GOMAXPROCS changed", "from", from, "to", to, "busyCPUs", busy)
+		}})
+	}
 	s, err := serve.New(opts)
 	if err != nil {
 		return err
