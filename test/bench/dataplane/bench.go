@@ -260,14 +260,15 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 	defer stopping("runtime serve", rs.close)
 	rs.key, rs.keyID, rs.limitedKey = key, keyID, limitedKey
 	logf("runtime serve on %s (pid %d, metrics on %s)", rs.url, rs.proc.pid(), rs.metricsURL)
-	gomaxprocs := "GOMAXPROCS unknown"
-	if m, err := scrape(ctx, rs.metricsURL); err == nil {
-		if v := m.sum("go_sched_gomaxprocs_threads"); v > 0 {
-			gomaxprocs = fmt.Sprintf("GOMAXPROCS %.0f", v)
-		}
+	// The runtime sizes its GOMAXPROCS to its load (--adaptive-procs): the line says what it
+	// had at the start and, once the load has run, at the end.
+	procsAtStart := rs.gomaxprocs(ctx)
+	rtProcess := len(rep.Processes)
+	describeRuntime := func(procs string) string {
+		return fmt.Sprintf("runtime serve pid %d, %s (%s serve, built from ./cmd/runtime, against a kube-apiserver: envtest)",
+			rs.proc.pid(), procs, runtimeBinary)
 	}
-	rep.Processes = append(rep.Processes, fmt.Sprintf("runtime serve pid %d, %s (%s serve, built from ./cmd/runtime, "+
-		"against a kube-apiserver: envtest)", rs.proc.pid(), gomaxprocs, runtimeBinary))
+	rep.Processes = append(rep.Processes, describeRuntime(procsAtStart))
 	targets[rt] = target{url: rs.url, authorization: "Bearer " + rs.key, enginePID: eng.proc.pid(), proxyPID: rs.proc.pid()}
 	if cfg.BaselineRuntime != "" {
 		base := &pathResult{Name: pathBaseline}
@@ -343,6 +344,8 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	rep.Processes[rtProcess] = describeRuntime(procsAtStart + " at the start, " + strings.TrimPrefix(rs.gomaxprocs(ctx), "GOMAXPROCS ") +
+		" at the end (sized to its load, up to its start value)")
 	okThroughRuntime := int64(1) // the probe
 	for _, r := range rt.Rounds {
 		okThroughRuntime += r.Sent

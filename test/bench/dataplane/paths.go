@@ -213,6 +213,16 @@ func findServingLine(out string) (servingLine, bool) {
 	return servingLine{}, false
 }
 
+// gomaxprocs reads the runtime's GOMAXPROCS from its metrics ("GOMAXPROCS 2").
+func (rs *runtimeServe) gomaxprocs(ctx context.Context) string {
+	if m, err := scrape(ctx, rs.metricsURL); err == nil {
+		if v := m.sum("go_sched_gomaxprocs_threads"); v > 0 {
+			return fmt.Sprintf("GOMAXPROCS %.0f", v)
+		}
+	}
+	return "GOMAXPROCS unknown"
+}
+
 // close stops the runtime by its PID (SIGTERM: it drains, then exits).
 func (rs *runtimeServe) close() error { return rs.proc.stop(10 * time.Second) }
 
