@@ -47,12 +47,12 @@ type Config struct {
 	Changed func(from, to int, busy float64)
 }
 
-// Next is the number of Ps for a process with cur of at most max Ps that kept busy CPUs
+// Next is the number of Ps for a process with cur of at most most Ps that kept busy CPUs
 // busy (CPU seconds per second) over the last sample.
-func Next(cur, max int, busy float64) int {
+func Next(cur, most int, busy float64) int {
 	switch {
-	case cur < max && busy >= upAt*float64(cur):
-		return min(max, 2*cur)
+	case cur < most && busy >= upAt*float64(cur):
+		return min(most, 2*cur)
 	case cur > 1 && busy < downAt*float64(cur-1):
 		return cur - 1
 	}
