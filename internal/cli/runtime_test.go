@@ -44,3 +44,14 @@ func TestExecute(t *testing.T) {
 		})
 	}
 }
+
+func TestAdaptsProcs(t *testing.T) {
+	t.Setenv("GOMAXPROCS", "")
+	if !adaptsProcs(true) || adaptsProcs(false) {
+		t.Error("without GOMAXPROCS in the environment, the flag decides")
+	}
+	t.Setenv("GOMAXPROCS", "3")
+	if adaptsProcs(true) {
+		t.Error("GOMAXPROCS=3 in the environment: want it kept, not adapted")
+	}
+}

@@ -47,7 +47,7 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.StringVar(&opts.UpstreamHealthPath, "upstream-health-path", opts.UpstreamHealthPath, "The engine's health endpoint, checked by /readyz.")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")
 	f.BoolVar(&adaptiveProcs, "adaptive-procs", adaptiveProcs, "Size GOMAXPROCS to the load, up to its value at start (Go's default follows the CPU limit); "+
-		"false keeps it fixed.")
+		"false, or GOMAXPROCS set in the environment, keeps it fixed.")
 	return cmd
 }
 
@@ -65,7 +65,7 @@ func runServe(ctx context.Context, opts serve.Options, kubeconfig string, adapti
 	}
 	opts.Kube = cfg
 	opts.Log = logger.WithName("serve")
-	if adaptiveProcs {
+	if adaptsProcs(adaptiveProcs) {
 		// A process-wide setting, so here and not in the serve package: a data plane whose
 		// load fits in fewer Ps than the node has CPUs spends less per request with fewer.
 		plog := logger.WithName("procs")
@@ -79,3 +79,7 @@ func runServe(ctx context.Context, opts serve.Options, kubeconfig string, adapti
 	}
 	return s.Run(ctx)
 }
+
+// adaptsProcs reports whether GOMAXPROCS follows the load: asked for by the flag, and not
+// set in the environment (a fixed choice, kept as it is).
+func adaptsProcs(flag bool) bool { return flag && os.Getenv("GOMAXPROCS") == "" }
