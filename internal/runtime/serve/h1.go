@@ -656,8 +656,8 @@ func (h *h1Sink) Complete(status int, contentType string, body []byte) error {
 	_, _ = bw.WriteString("Content-Type: ")
 	_, _ = bw.WriteString(contentType)
 	_, _ = bw.WriteString("\r\n")
-	if status == http.StatusNoContent || status == http.StatusNotModified {
-		// Neither has a body, nor a Content-Length (RFC 9110 §8.6), as net/http answers them.
+	if bodyless(status) {
+		// No body, and no Content-Length either (RFC 9110 §8.6), as net/http answers them.
 		h.f.endHead(h.c, -1)
 		return nil
 	}

@@ -155,12 +155,16 @@ func truncate(b []byte) []byte {
 	return b
 }
 
+// bodyless reports whether an answer with status has no body, whatever its head says:
+// 204 and 304 (RFC 9110 §6.4.1). Such an answer is read, and passed on, without one.
+func bodyless(status int) bool { return status == 204 || status == 304 }
+
 // bodyReader returns a reader of the answer's body as h frames it (lb is used for a known
 // length); keep reports whether the connection may carry another answer once the body has
 // been read to its end.
 func (h upHead) bodyReader(br *bufio.Reader, lb *lengthBody) (r io.Reader, keep bool) {
 	switch {
-	case h.status == 204 || h.status == 304:
+	case bodyless(h.status):
 		return eofReader{}, !h.close
 	case h.chunked:
 		return &chunkedBody{br: br, cr: httputil.NewChunkedReader(br)}, !h.close
