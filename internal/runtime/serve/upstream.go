@@ -33,6 +33,7 @@ type upConn struct {
 	br    *bufio.Reader
 	bw    *bufio.Writer
 	flush func() error // bw.Flush, bound once
+	await awaiter      // nil where reads and writes are not raw
 
 	// The answer being read: a connection carries one at a time, so these are reused.
 	body   upBody
@@ -241,8 +242,7 @@ func (a *callAbort) reset() {
 // not see the engine having closed the connection while it was pooled (a half-closed
 // engine may never send anything more); the read that follows it does.
 func (c *upConn) send(call upCall) error {
-	a, ok := c.conn.(awaiter)
-	if !ok || c.br.Buffered() > 0 {
+	if c.await == nil || c.br.Buffered() > 0 {
 		return c.flush()
 	}
 	check := time.Now().Add(awaitCheck)
@@ -250,7 +250,7 @@ func (c *upConn) send(call upCall) error {
 	if bounded {
 		_ = c.conn.SetReadDeadline(check)
 	}
-	_, err := a.sendAndAwait(c.flush)
+	_, err := c.await.sendAndAwait(c.flush)
 	if bounded {
 		_ = c.conn.SetReadDeadline(call.deadline)
 		if call.ended() {
@@ -281,6 +281,7 @@ func (u *upstream) get(call upCall) (*upConn, bool, error) {
 	conn = withRawIO(conn)
 	c := &upConn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 16<<10)}
 	c.flush = c.bw.Flush
+	c.await, _ = conn.(awaiter)
 	return c, false, nil
 }
 
