@@ -41,7 +41,20 @@ type Index struct {
 	shards [numShards]shard
 	// memo finds verified keys of the generated shape with half the hashing (memo.go).
 	memo memo
+
+	// forget, when set, hears of the key IDs the index dropped (OnForget).
+	forget ForgetFunc
 }
+
+// ForgetFunc is told that the ApiKey named name no longer has the key IDs keyIDs: all of
+// them when the ApiKey was deleted (gone), or those an update removed (a previous key whose
+// grace ended and that the manager took out of status).
+type ForgetFunc func(name string, keyIDs []string, gone bool)
+
+// OnForget sets fn to hear of the key IDs the index drops, so that what a user of the index
+// keeps per key (metric series, limiter state) can go with them. Set it before the index is
+// fed; fn is called after the index's locks are released, from the goroutine that fed it.
+func (x *Index) OnForget(fn ForgetFunc) { x.forget = fn }
 
 type shard struct {
 	mu sync.RWMutex
@@ -172,7 +185,6 @@ func (x *Index) Upsert(ak *servingv1alpha1.ApiKey) error {
 	}
 	rec, err := newKeyRecord(ak)
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	old := x.byName[ak.Name]
 	x.byName[ak.Name] = rec
 	// New hashes go in before stale ones leave, so a key valid in both versions is never
@@ -184,16 +196,41 @@ func (x *Index) Upsert(ak *servingv1alpha1.ApiKey) error {
 		s.mu.Unlock()
 	}
 	x.removeEntries(old)
+	x.mu.Unlock()
+	if dropped := old.keyIDsNotIn(rec); len(dropped) > 0 && x.forget != nil {
+		x.forget(ak.Name, dropped, false)
+	}
 	return err
 }
 
 // Delete removes the ApiKey named name and all its keys.
 func (x *Index) Delete(name string) {
 	x.mu.Lock()
-	defer x.mu.Unlock()
 	old := x.byName[name]
 	delete(x.byName, name)
 	x.removeEntries(old)
+	x.mu.Unlock()
+	if old != nil && x.forget != nil {
+		x.forget(name, old.keyIDsNotIn(nil), true)
+	}
+}
+
+// keyIDsNotIn lists the key IDs of r that next (nil: none) does not have.
+func (r *keyRecord) keyIDsNotIn(next *keyRecord) []string {
+	if r == nil {
+		return nil
+	}
+	var ids []string
+	for _, e := range r.keys {
+		if (next == nil || !next.hasKeyID(e.keyID)) && !slices.Contains(ids, e.keyID) {
+			ids = append(ids, e.keyID)
+		}
+	}
+	return ids
+}
+
+func (r *keyRecord) hasKeyID(keyID string) bool {
+	return slices.ContainsFunc(r.keys, func(e *keyEntry) bool { return e.keyID == keyID })
 }
 
 // removeEntries drops rec's hashes that still point at rec; hashes taken over by a newer

@@ -122,6 +122,43 @@ func TestIndexBeingDeleted(t *testing.T) {
 	}
 }
 
+// forgotten is one call of an index's ForgetFunc.
+type forgotten struct {
+	Name   string
+	KeyIDs []string
+	Gone   bool
+}
+
+func TestIndexForgetsDroppedKeyIDs(t *testing.T) {
+	x := NewIndex(testNS)
+	var heard []forgotten
+	x.OnForget(func(name string, keyIDs []string, gone bool) {
+		heard = append(heard, forgotten{name, keyIDs, gone})
+	})
+	cur, curID := newKey(t)
+	next, nextID := newKey(t)
+	other, otherID := newKey(t)
+	mustUpsert(t, x, makeApiKey("k").Key(curID, cur).Obj())
+	mustUpsert(t, x, makeApiKey("other").Key(otherID, other).Obj())
+	// Rotation: the old key is kept in its grace, then the manager removes it from status.
+	mustUpsert(t, x, makeApiKey("k").Key(nextID, next).Previous(curID, cur, t0.Add(time.Hour)).Obj())
+	mustUpsert(t, x, makeApiKey("k").Key(nextID, next).Models("llama").Obj())
+	x.Delete("k")
+	x.Delete("k") // the informer's delete after the update that set deletionTimestamp
+	going := makeApiKey("other").Key(otherID, other).Obj()
+	going.DeletionTimestamp = &metav1.Time{Time: t0}
+	mustUpsert(t, x, going)
+
+	want := []forgotten{
+		{Name: "k", KeyIDs: []string{curID}},
+		{Name: "k", KeyIDs: []string{nextID}, Gone: true},
+		{Name: "other", KeyIDs: []string{otherID}, Gone: true},
+	}
+	if diff := cmp.Diff(want, heard); diff != "" {
+		t.Errorf("ForgetFunc calls (-want +got):\n%s", diff)
+	}
+}
+
 func TestIndexNeverAcceptsAHash(t *testing.T) {
 	x := NewIndex(testNS)
 	key, keyID := newKey(t)

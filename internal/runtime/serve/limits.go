@@ -116,6 +116,15 @@ func (l *Limiter) state(p *auth.Principal) *keyLimits {
 	return k
 }
 
+// forget drops the state of the ApiKey namespace/name, which was deleted. Requests admitted
+// before finish against the dropped state; an ApiKey created again under the name starts
+// with empty windows, as a new key should.
+func (l *Limiter) forget(namespace, name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.keys, keyRef{namespace, name})
+}
+
 // Admission is an admitted request; Done must be called once with the tokens it used.
 type Admission struct {
 	k    *keyLimits

@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"slices"
 	"strconv"
 	"sync"
 
@@ -50,6 +51,23 @@ func (m *Metrics) forCall(model, route, keyID string) *callMetrics {
 		completion: m.Tokens.WithLabelValues(model, keyID, "completion"),
 	})
 	return c.(*callMetrics)
+}
+
+// forgetKeyIDs deletes the series and cached children of keyIDs, keys that no longer exist:
+// without it, every key a namespace ever had would stay in the scrape until a restart.
+func (m *Metrics) forgetKeyIDs(keyIDs []string) {
+	for _, id := range keyIDs {
+		match := prometheus.Labels{"key_id": id}
+		m.Requests.DeletePartialMatch(match)
+		m.Tokens.DeletePartialMatch(match)
+		m.Rejections.DeletePartialMatch(match)
+	}
+	m.calls.Range(func(k, _ any) bool {
+		if slices.Contains(keyIDs, k.(callMetricsKey).keyID) {
+			m.calls.Delete(k)
+		}
+		return true
+	})
 }
 
 // latencyBuckets span a cached embedding (ms) to a long generation (minutes).

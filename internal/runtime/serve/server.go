@@ -91,6 +91,9 @@ type Server struct {
 	draining     atomic.Bool
 	ws           wsHub
 	h1           *h1Front // the HTTP front, once listening
+
+	// forgetAfter is how long a key ID's metric series outlive the key (forgetKeys).
+	forgetAfter time.Duration
 }
 
 // New builds a server; Run starts it.
@@ -130,8 +133,24 @@ func New(opts Options) (*Server, error) {
 		s.usage, s.reporter = rep, rep
 	}
 	s.limits = NewLimiter(opts.Now, func() int32 { return s.model.Load().ready })
+	s.forgetAfter = opts.RequestTimeout + time.Minute
+	a.Keys().OnForget(s.forgetKeys)
 	s.health = engineHealth{url: s.upstreamBase + opts.UpstreamHealthPath, client: s.client}
 	return s, nil
+}
+
+// forgetKeys drops what the runtime keeps per key once the auth index has dropped an ApiKey
+// (gone) or some of its key IDs, so that a namespace's key churn does not grow the runtime's
+// memory and its metrics. The limiter's state of a deleted ApiKey goes at once. The series of
+// the key IDs wait forgetAfter: calls admitted before still count into them until they end
+// (RequestTimeout bounds them), and Prometheus has a minute more to scrape the final values.
+func (s *Server) forgetKeys(name string, keyIDs []string, gone bool) {
+	if gone {
+		s.limits.forget(s.opts.Namespace, name)
+	}
+	if len(keyIDs) > 0 {
+		time.AfterFunc(s.forgetAfter, func() { s.metrics.forgetKeyIDs(keyIDs) })
+	}
 }
 
 // engineTransport keeps connections to the engine open: every request goes to the same

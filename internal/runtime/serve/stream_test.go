@@ -124,9 +124,30 @@ func TestMetricsByModelAndKey(t *testing.T) {
 	}
 	r.post(RouteChatCompletions, "hfk_bad_key", chatBody)
 
+	text := r.series()
+	for _, want := range []string{
+		"helixflow_runtime_requests_total code=200 key_id=" + keyID + " model=" + testengine.DefaultModel,
+		"helixflow_runtime_tokens_total direction=completion key_id=" + keyID,
+		"helixflow_runtime_rejections_total key_id= model=" + testengine.DefaultModel + " reason=auth",
+		"helixflow_runtime_time_to_first_token_seconds model=" + testengine.DefaultModel,
+		"helixflow_runtime_request_duration_seconds model=" + testengine.DefaultModel,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("no series %q in\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, key) {
+		t.Error("a metric carries the key")
+	}
+}
+
+// series lists the runtime's metric series, one per line: the name, then name=value for
+// each label.
+func (r *rig) series() string {
+	r.t.Helper()
 	families, err := r.s.Metrics().Registry().Gather()
 	if err != nil {
-		t.Fatal(err)
+		r.t.Fatal(err)
 	}
 	var text strings.Builder
 	for _, f := range families {
@@ -138,18 +159,61 @@ func TestMetricsByModelAndKey(t *testing.T) {
 			text.WriteString("\n")
 		}
 	}
-	for _, want := range []string{
-		"helixflow_runtime_requests_total code=200 key_id=" + keyID + " model=" + testengine.DefaultModel,
-		"helixflow_runtime_tokens_total direction=completion key_id=" + keyID,
-		"helixflow_runtime_rejections_total key_id= model=" + testengine.DefaultModel + " reason=auth",
-		"helixflow_runtime_time_to_first_token_seconds model=" + testengine.DefaultModel,
-		"helixflow_runtime_request_duration_seconds model=" + testengine.DefaultModel,
-	} {
-		if !strings.Contains(text.String(), want) {
-			t.Errorf("no series %q in\n%s", want, text.String())
+	return text.String()
+}
+
+// TestDeletedKeysLeaveMetricsAndLimits: once an ApiKey is deleted, the runtime drops its
+// limiter state at once and its key ID's series and cached metric children after
+// forgetAfter; the other keys' stay. Without it every key a namespace ever had would stay.
+func TestDeletedKeysLeaveMetricsAndLimits(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	r.s.forgetAfter = 10 * time.Millisecond
+	var goneID, keptID string
+	limited := func(id *string) func(*servingv1alpha1.ApiKey) {
+		return func(ak *servingv1alpha1.ApiKey) {
+			ak.Spec.RateLimit = &servingv1alpha1.KeyRateLimit{RequestsPerMinute: 1}
+			*id = ak.Status.KeyID
 		}
 	}
-	if strings.Contains(text.String(), key) {
-		t.Error("a metric carries the key")
+	gone, kept := r.addKey("gone", limited(&goneID)), r.addKey("kept", limited(&keptID))
+	for _, key := range []string{gone, kept} {
+		if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusOK {
+			t.Fatalf("first call: status %d", resp.StatusCode)
+		}
+		wantError(t, r.post(RouteChatCompletions, key, chatBody), http.StatusTooManyRequests, "rate_limit_exceeded")
+	}
+	// Requests, tokens (prompt, completion) and rejections of each key.
+	if n := strings.Count(r.series(), "key_id="+goneID+" "); n != 4 {
+		t.Fatalf("%d series of the key before its deletion, want 4:\n%s", n, r.series())
+	}
+
+	r.s.auth.Keys().Delete("gone")
+	r.s.limits.mu.Lock()
+	_, held := r.s.limits.keys[keyRef{testNS, "gone"}]
+	r.s.limits.mu.Unlock()
+	if held {
+		t.Error("the limiter still holds the deleted ApiKey's state")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Contains(r.series(), "key_id="+goneID+" ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("series of the deleted key still there:\n%s", r.series())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.s.metrics.calls.Range(func(k, _ any) bool {
+		if k.(callMetricsKey).keyID == goneID {
+			t.Errorf("cached metric children of the deleted key: %+v", k)
+		}
+		return true
+	})
+	if n := strings.Count(r.series(), "key_id="+keptID+" "); n != 4 {
+		t.Errorf("%d series of the other key, want its 4:\n%s", n, r.series())
+	}
+
+	// An ApiKey created again under the name is a new key, with empty windows.
+	again := r.addKey("gone", limited(new(string)))
+	if resp := r.post(RouteChatCompletions, again, chatBody); resp.StatusCode != http.StatusOK {
+		t.Errorf("the re-created ApiKey's first call: status %d, want 200", resp.StatusCode)
 	}
 }
