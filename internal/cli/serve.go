@@ -46,7 +46,7 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", opts.ShutdownTimeout, "How long in-flight requests and streams may finish on SIGTERM.")
 	f.StringVar(&opts.UpstreamHealthPath, "upstream-health-path", opts.UpstreamHealthPath, "The engine's health endpoint, checked by /readyz.")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")
-	f.BoolVar(&adaptiveProcs, "adaptive-procs", adaptiveProcs, "Size GOMAXPROCS to the load, up to its value at start (Go's default follows the CPU limit); "+
+	f.BoolVar(&adaptiveProcs, "adaptive-procs", adaptiveProcs, "Size GOMAXPROCS to the load, up to Go's default (one per CPU, or per CPU of the container's limit, read again every 30s); "+
 		"false, or GOMAXPROCS set in the environment, keeps it fixed.")
 	return cmd
 }

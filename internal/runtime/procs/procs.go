@@ -12,7 +12,8 @@
 // So the runtime samples its own CPU use. It doubles its Ps, up to the maximum, when they are
 // nearly all busy: the load may be held back by them. It gives one back when the load would
 // fit in one fewer with room to spare. The thresholds leave a gap between them, so the count
-// does not flap.
+// does not flap. The maximum is Go's own choice, read again every 30 s: Go stops following a
+// changed CPU limit once GOMAXPROCS has been set, and a pod can be resized in place.
 package procs
 
 import (
@@ -30,10 +31,15 @@ const (
 )
 
 // Config is how the process is sampled and its Ps set. The zero value samples every second,
-// with getrusage, and sets runtime.GOMAXPROCS up to its value at start.
+// with getrusage, and sets runtime.GOMAXPROCS up to Go's default, read again every 30 s.
 type Config struct {
-	// Max is the most Ps; 0 means GOMAXPROCS at start (Go's default follows the CPU limit).
-	Max int
+	// Limit returns the most Ps the process may have now. It is read at the start, which is
+	// also the first count, and every LimitInterval after. nil means Go's default: one P per
+	// CPU, or per CPU of the container's limit, which a resize of the pod in place can change
+	// while the process runs.
+	Limit func() int
+	// LimitInterval is the time between readings of Limit; 0 means 30 s.
+	LimitInterval time.Duration
 	// Interval is the time between samples; 0 means 1 s.
 	Interval time.Duration
 	// CPUTime returns the process's CPU time so far (user and system), false when it cannot
@@ -43,8 +49,19 @@ type Config struct {
 	Set func(n int)
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Changed, if set, is told of each change and the load that caused it (busy CPUs).
+	// Changed, if set, is told of each change and the load that caused it (busy CPUs; 0
+	// when the change came from a lowered limit at a sample that could not be read).
 	Changed func(from, to int, busy float64)
+}
+
+// goDefault is the number of Ps Go would choose now. Go follows changes of the CPU limit
+// itself only while nobody has set GOMAXPROCS, so it is asked to choose again
+// (SetDefaultGOMAXPROCS, which re-reads the CPUs and the container's limit), and the count
+// in use is put back: two brief stops of the world per reading.
+func goDefault() int {
+	cur := runtime.GOMAXPROCS(0)
+	runtime.SetDefaultGOMAXPROCS()
+	return runtime.GOMAXPROCS(cur)
 }
 
 // Next is the number of Ps for a process with cur of at most most Ps that kept busy CPUs
@@ -59,10 +76,13 @@ func Next(cur, most int, busy float64) int {
 	return cur
 }
 
-// Run adjusts the process's Ps until ctx ends. It starts from Max.
+// Run adjusts the process's Ps until ctx ends. It starts from the limit.
 func Run(ctx context.Context, cfg Config) {
-	if cfg.Max <= 0 {
-		cfg.Max = runtime.GOMAXPROCS(0)
+	if cfg.Limit == nil {
+		cfg.Limit = goDefault
+	}
+	if cfg.LimitInterval <= 0 {
+		cfg.LimitInterval = 30 * time.Second
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
@@ -79,8 +99,10 @@ func Run(ctx context.Context, cfg Config) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	cur := cfg.Max
+	most := max(cfg.Limit(), 1)
+	cur := most
 	last := cfg.sample()
+	limitAt := last.at
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	for {
@@ -92,10 +114,16 @@ func Run(ctx context.Context, cfg Config) {
 		s := cfg.sample()
 		busy, ok := last.busy(s)
 		last = s
-		if !ok {
-			continue
+		next := cur
+		if s.at.Sub(limitAt) >= cfg.LimitInterval {
+			// A raised limit is used when the load asks for it; a lowered one at once.
+			most, limitAt = max(cfg.Limit(), 1), s.at
+			next = min(cur, most)
 		}
-		if next := Next(cur, cfg.Max, busy); next != cur {
+		if ok {
+			next = Next(next, most, busy)
+		}
+		if next != cur {
 			cfg.Set(next)
 			if cfg.Changed != nil {
 				cfg.Changed(cur, next, busy)

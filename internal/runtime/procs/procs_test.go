@@ -2,6 +2,7 @@ package procs
 
 import (
 	"context"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -48,6 +49,16 @@ type fakeLoad struct {
 	n    int
 	fail map[int]bool // samples whose CPU time cannot be read
 	set  []int
+
+	limits []int // per reading of the limit, the last repeated
+	reads  int
+}
+
+func (l *fakeLoad) Limit() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reads++
+	return l.limits[min(l.reads-1, len(l.limits)-1)]
 }
 
 func (l *fakeLoad) Now() time.Time {
@@ -75,13 +86,14 @@ func (l *fakeLoad) Set(n int) {
 }
 
 // run samples l until it has taken samples samples and returns the Ps set, in order.
-func (l *fakeLoad) run(t *testing.T, max, samples int) []int {
+// The limit is read every 3 samples.
+func (l *fakeLoad) run(t *testing.T, samples int) []int {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		Run(ctx, Config{Max: max, Interval: time.Millisecond, CPUTime: l.CPUTime, Set: l.Set, Now: l.Now})
+		Run(ctx, Config{Limit: l.Limit, LimitInterval: 3 * time.Second, Interval: time.Millisecond, CPUTime: l.CPUTime, Set: l.Set, Now: l.Now})
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -107,8 +119,8 @@ func TestRunFollowsTheLoad(t *testing.T) {
 	// Half a core on a 4-CPU process: down one P per sample to 1, then no more changes.
 	// Then 3.5 cores: up, doubling. Then idle again: down, one at a time.
 	busy := []float64{0.5, 0.5, 0.5, 0.5, 0.5, 3.5, 3.5, 3.5, 0.1, 0.1, 0.1, 0.1, 0.1}
-	l := &fakeLoad{now: time.Unix(0, 0), busy: busy}
-	got := l.run(t, 4, len(busy)+1)
+	l := &fakeLoad{now: time.Unix(0, 0), busy: busy, limits: []int{4}}
+	got := l.run(t, len(busy)+1)
 	want := []int{3, 2, 1, 2, 4, 3, 2, 1}
 	if !slices.Equal(got, want) {
 		t.Errorf("Ps set %v, want %v", got, want)
@@ -118,10 +130,39 @@ func TestRunFollowsTheLoad(t *testing.T) {
 func TestRunSkipsSamplesItCannotRead(t *testing.T) {
 	// The second and third readings fail: the samples around them are not compared, and
 	// the next change comes from the first two good readings in a row.
-	l := &fakeLoad{now: time.Unix(0, 0), busy: []float64{0.1}, fail: map[int]bool{1: true, 2: true}}
-	got := l.run(t, 2, 5)
+	l := &fakeLoad{now: time.Unix(0, 0), busy: []float64{0.1}, fail: map[int]bool{1: true, 2: true}, limits: []int{2}}
+	got := l.run(t, 5)
 	if !slices.Equal(got, []int{1}) {
 		t.Errorf("Ps set %v, want [1] (one change, from good samples only)", got)
+	}
+}
+
+func TestRunFollowsTheLimit(t *testing.T) {
+	// A load that would take every P, under a limit read at 0 s, 3 s, 6 s, 9 s and 12 s
+	// that falls from 4 to 2 (the count goes down with it at once) and rises to 4 again (the
+	// load takes the room at once).
+	l := &fakeLoad{now: time.Unix(0, 0), busy: []float64{3.9}, limits: []int{4, 2, 2, 4}}
+	got := l.run(t, 13)
+	if want := []int{2, 4}; !slices.Equal(got, want) {
+		t.Errorf("Ps set %v, want %v", got, want)
+	}
+	if l.reads != 5 {
+		t.Errorf("limit read %d times over 12 s, want 5 (at the start and every 3 s)", l.reads)
+	}
+}
+
+func TestGoDefault(t *testing.T) {
+	// Run tests the logic with a fake limit; this is the real one: Go's choice is read and
+	// the count in use is left as it was.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	runtime.SetDefaultGOMAXPROCS() // go test -cpu and GOMAXPROCS in the environment set it
+	want := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(want + 1)
+	if got := goDefault(); got != want {
+		t.Errorf("goDefault() = %d, want Go's choice, %d", got, want)
+	}
+	if n := runtime.GOMAXPROCS(0); n != want+1 {
+		t.Errorf("GOMAXPROCS %d after goDefault, want the %d it was", n, want+1)
 	}
 }
 

@@ -345,7 +345,7 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 		return nil, err
 	}
 	rep.Processes[rtProcess] = describeRuntime(procsAtStart + " at the start, " + strings.TrimPrefix(rs.gomaxprocs(ctx), "GOMAXPROCS ") +
-		" at the end (sized to its load, up to its start value)")
+		" at the end (sized to its load, up to Go's default)")
 	okThroughRuntime := int64(1) // the probe
 	for _, r := range rt.Rounds {
 		okThroughRuntime += r.Sent
