@@ -215,6 +215,13 @@ func (x *Index) Delete(name string) {
 	}
 }
 
+// HasKeyID reports whether the ApiKey named name has the key ID keyID now (current, or a
+// previous key still in its status).
+func (x *Index) HasKeyID(name, keyID string) bool {
+	rec := x.record(name)
+	return rec != nil && rec.hasKeyID(keyID)
+}
+
 // keyIDsNotIn lists the key IDs of r that next (nil: none) does not have.
 func (r *keyRecord) keyIDsNotIn(next *keyRecord) []string {
 	if r == nil {

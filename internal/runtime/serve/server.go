@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -92,8 +93,9 @@ type Server struct {
 	ws           wsHub
 	h1           *h1Front // the HTTP front, once listening
 
-	// forgetAfter is how long a key ID's metric series outlive the key (forgetKeys).
-	forgetAfter time.Duration
+	// forgetLater runs a key ID's forgetting after the wait of forgetKeys (tests run it when
+	// they choose).
+	forgetLater func(func())
 }
 
 // New builds a server; Run starts it.
@@ -133,7 +135,7 @@ func New(opts Options) (*Server, error) {
 		s.usage, s.reporter = rep, rep
 	}
 	s.limits = NewLimiter(opts.Now, func() int32 { return s.model.Load().ready })
-	s.forgetAfter = opts.RequestTimeout + time.Minute
+	s.forgetLater = func(f func()) { time.AfterFunc(opts.RequestTimeout+time.Minute, f) }
 	a.Keys().OnForget(s.forgetKeys)
 	s.health = engineHealth{url: s.upstreamBase + opts.UpstreamHealthPath, client: s.client}
 	return s, nil
@@ -142,15 +144,20 @@ func New(opts Options) (*Server, error) {
 // forgetKeys drops what the runtime keeps per key once the auth index has dropped an ApiKey
 // (gone) or some of its key IDs, so that a namespace's key churn does not grow the runtime's
 // memory and its metrics. The limiter's state of a deleted ApiKey goes at once. The series of
-// the key IDs wait forgetAfter: calls admitted before still count into them until they end
-// (RequestTimeout bounds them), and Prometheus has a minute more to scrape the final values.
+// the key IDs wait RequestTimeout plus a minute: calls admitted before still count into them
+// until they end, and Prometheus has a minute more to scrape the final values. A key ID the
+// ApiKey has again by then (the same key brought back) keeps its series.
 func (s *Server) forgetKeys(name string, keyIDs []string, gone bool) {
 	if gone {
 		s.limits.forget(s.opts.Namespace, name)
 	}
-	if len(keyIDs) > 0 {
-		time.AfterFunc(s.forgetAfter, func() { s.metrics.forgetKeyIDs(keyIDs) })
+	if len(keyIDs) == 0 {
+		return
 	}
+	s.forgetLater(func() {
+		keys := s.auth.Keys()
+		s.metrics.forgetKeyIDs(slices.DeleteFunc(keyIDs, func(id string) bool { return keys.HasKeyID(name, id) }))
+	})
 }
 
 // engineTransport keeps connections to the engine open: every request goes to the same

@@ -163,43 +163,60 @@ func (r *rig) series() string {
 }
 
 // TestDeletedKeysLeaveMetricsAndLimits: once an ApiKey is deleted, the runtime drops its
-// limiter state at once and its key ID's series and cached metric children after
-// forgetAfter; the other keys' stay. Without it every key a namespace ever had would stay.
+// limiter state at once and, after a wait (run here when the test says), its key ID's series
+// and cached metric children; the other keys' stay, and so do those of a key brought back
+// within the wait. Without it every key a namespace ever had would stay.
 func TestDeletedKeysLeaveMetricsAndLimits(t *testing.T) {
 	r := newRig(t, testengine.Config{}, nil)
-	r.s.forgetAfter = 10 * time.Millisecond
-	var goneID, keptID string
+	var later []func()
+	r.s.forgetLater = func(f func()) { later = append(later, f) }
+	forgetNow := func() {
+		for _, f := range later {
+			f()
+		}
+		later = nil
+	}
 	limited := func(id *string) func(*servingv1alpha1.ApiKey) {
 		return func(ak *servingv1alpha1.ApiKey) {
 			ak.Spec.RateLimit = &servingv1alpha1.KeyRateLimit{RequestsPerMinute: 1}
-			*id = ak.Status.KeyID
+			if id != nil {
+				*id = ak.Status.KeyID
+			}
 		}
 	}
+	var goneID, keptID, backID string
 	gone, kept := r.addKey("gone", limited(&goneID)), r.addKey("kept", limited(&keptID))
-	for _, key := range []string{gone, kept} {
+	var backAK *servingv1alpha1.ApiKey
+	back := r.addKey("back", func(ak *servingv1alpha1.ApiKey) { limited(&backID)(ak); backAK = ak })
+	for _, key := range []string{gone, kept, back} {
 		if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusOK {
 			t.Fatalf("first call: status %d", resp.StatusCode)
 		}
 		wantError(t, r.post(RouteChatCompletions, key, chatBody), http.StatusTooManyRequests, "rate_limit_exceeded")
 	}
 	// Requests, tokens (prompt, completion) and rejections of each key.
-	if n := strings.Count(r.series(), "key_id="+goneID+" "); n != 4 {
+	seriesOf := func(id string) int { return strings.Count(r.series(), "key_id="+id+" ") }
+	if n := seriesOf(goneID); n != 4 {
 		t.Fatalf("%d series of the key before its deletion, want 4:\n%s", n, r.series())
 	}
 
 	r.s.auth.Keys().Delete("gone")
+	r.s.auth.Keys().Delete("back")
 	r.s.limits.mu.Lock()
 	_, held := r.s.limits.keys[keyRef{testNS, "gone"}]
 	r.s.limits.mu.Unlock()
 	if held {
 		t.Error("the limiter still holds the deleted ApiKey's state")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for strings.Contains(r.series(), "key_id="+goneID+" ") {
-		if time.Now().After(deadline) {
-			t.Fatalf("series of the deleted key still there:\n%s", r.series())
-		}
-		time.Sleep(5 * time.Millisecond)
+	if n := seriesOf(goneID); n != 4 {
+		t.Errorf("%d series of the deleted key before the wait, want its 4 (calls admitted before still count)", n)
+	}
+	if err := r.s.auth.Keys().Upsert(backAK); err != nil { // the same key, brought back
+		t.Fatal(err)
+	}
+	forgetNow()
+	if n := seriesOf(goneID); n != 0 {
+		t.Errorf("%d series of the deleted key after the wait, want none:\n%s", n, r.series())
 	}
 	r.s.metrics.calls.Range(func(k, _ any) bool {
 		if k.(callMetricsKey).keyID == goneID {
@@ -207,12 +224,15 @@ func TestDeletedKeysLeaveMetricsAndLimits(t *testing.T) {
 		}
 		return true
 	})
-	if n := strings.Count(r.series(), "key_id="+keptID+" "); n != 4 {
+	if n := seriesOf(keptID); n != 4 {
 		t.Errorf("%d series of the other key, want its 4:\n%s", n, r.series())
+	}
+	if n := seriesOf(backID); n != 4 {
+		t.Errorf("%d series of the key brought back within the wait, want its 4:\n%s", n, r.series())
 	}
 
 	// An ApiKey created again under the name is a new key, with empty windows.
-	again := r.addKey("gone", limited(new(string)))
+	again := r.addKey("gone", limited(nil))
 	if resp := r.post(RouteChatCompletions, again, chatBody); resp.StatusCode != http.StatusOK {
 		t.Errorf("the re-created ApiKey's first call: status %d, want 200", resp.StatusCode)
 	}
