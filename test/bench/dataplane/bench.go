@@ -265,7 +265,7 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 	procsAtStart := rs.gomaxprocs(ctx)
 	rtProcess := len(rep.Processes)
 	describeRuntime := func(procs string) string {
-		return fmt.Sprintf("runtime serve pid %d, %s (%s serve, built from ./cmd/runtime, against a kube-apiserver: envtest)",
+		return fmt.Sprintf("runtime serve pid %d, GOMAXPROCS %s (%s serve, built from ./cmd/runtime, against a kube-apiserver: envtest)",
 			rs.proc.pid(), procs, runtimeBinary)
 	}
 	rep.Processes = append(rep.Processes, describeRuntime(procsAtStart))
@@ -280,7 +280,7 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 		defer stopping("the baseline runtime", bs.close)
 		logf("baseline runtime (%s) on %s (pid %d)", cfg.BaselineRuntime, bs.url, bs.proc.pid())
 		rep.Processes = append(rep.Processes, fmt.Sprintf("baseline runtime pid %d (%s)", bs.proc.pid(), cfg.BaselineRuntime))
-		targets[base] = target{url: bs.url, authorization: "Bearer " + key, enginePID: eng.proc.pid(), proxyPID: bs.proc.pid()}
+		targets[base] = target{url: bs.url, authorization: "Bearer " + rs.key, enginePID: eng.proc.pid(), proxyPID: bs.proc.pid()}
 	}
 	notes, err := rs.checkEnforcement(ctx)
 	if err != nil {
@@ -344,7 +344,7 @@ func runBench(ctx context.Context, cfg config) (*report, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	rep.Processes[rtProcess] = describeRuntime(procsAtStart + " at the start, " + strings.TrimPrefix(rs.gomaxprocs(ctx), "GOMAXPROCS ") +
+	rep.Processes[rtProcess] = describeRuntime(procsAtStart + " at the start, " + rs.gomaxprocs(ctx) +
 		" at the end (sized to its load, up to Go's default)")
 	okThroughRuntime := int64(1) // the probe
 	for _, r := range rt.Rounds {

@@ -213,14 +213,14 @@ func findServingLine(out string) (servingLine, bool) {
 	return servingLine{}, false
 }
 
-// gomaxprocs reads the runtime's GOMAXPROCS from its metrics ("GOMAXPROCS 2").
+// gomaxprocs reads the runtime's GOMAXPROCS from its metrics ("2", or "unknown").
 func (rs *runtimeServe) gomaxprocs(ctx context.Context) string {
 	if m, err := scrape(ctx, rs.metricsURL); err == nil {
 		if v := m.sum("go_sched_gomaxprocs_threads"); v > 0 {
-			return fmt.Sprintf("GOMAXPROCS %.0f", v)
+			return fmt.Sprintf("%.0f", v)
 		}
 	}
-	return "GOMAXPROCS unknown"
+	return "unknown"
 }
 
 // close stops the runtime by its PID (SIGTERM: it drains, then exits).
