@@ -181,11 +181,17 @@ func TestPlacementOnSimulatedGPUNodes(t *testing.T) {
 			}
 			return nil
 		})
-		m := getModel(t, ns, "wide")
-		cond := meta.FindStatusCondition(m.Status.Conditions, servingv1alpha1.InferenceModelConditionScheduled)
-		if cond == nil || cond.Reason != servingv1alpha1.InferenceModelReasonPartiallyPlaced || !strings.Contains(cond.Message, fmt.Sprintf("%d of 5 replicas fit", fit)) {
-			t.Errorf("scheduled = %+v", cond)
-		}
+		// The pods can get there before the manager's status write does (a conflict on it
+		// is retried with backoff), so the condition is awaited too.
+		var m *servingv1alpha1.InferenceModel
+		eventually(t, fmt.Sprintf("Scheduled=%s saying %d of 5 replicas fit", servingv1alpha1.InferenceModelReasonPartiallyPlaced, fit), func() error {
+			m = getModel(t, ns, "wide")
+			cond := meta.FindStatusCondition(m.Status.Conditions, servingv1alpha1.InferenceModelConditionScheduled)
+			if cond == nil || cond.Reason != servingv1alpha1.InferenceModelReasonPartiallyPlaced || !strings.Contains(cond.Message, fmt.Sprintf("%d of 5 replicas fit", fit)) {
+				return fmt.Errorf("scheduled = %+v", cond)
+			}
+			return nil
+		})
 		if meta.IsStatusConditionTrue(m.Status.Conditions, servingv1alpha1.ConditionReady) {
 			t.Error("Ready with 2 replicas Pending")
 		}
