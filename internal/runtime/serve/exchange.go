@@ -95,7 +95,11 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	st := s.model.Load()
 	fields, err := call.fields()
 	model, stream, wantUsage := fields.model, fields.stream, fields.wantUsage
-	if err != nil {
+	var fe fieldError
+	switch {
+	case errors.As(err, &fe):
+		return s.reject(st, p, badRequest("invalid_field", "%s", fe))
+	case err != nil:
 		return s.reject(st, p, badRequest("invalid_json", "request body is not a valid JSON object: %v", err))
 	}
 	if !st.known && s.opts.Kube != nil {
@@ -206,6 +210,12 @@ func (s *Server) forward(call upCall, st *modelState, route string, body []byte,
 			s.metrics.UpstreamErrors.WithLabelValues(st.name, "stream").Inc()
 		}
 		return Outcome{Status: http.StatusOK, Usage: u, streamEnded: err == nil}, nil
+	}
+	if !stream && resp.StatusCode == http.StatusOK && isEventStream(resp.ContentType) {
+		// The engine read a stream in a call the runtime read as none (parseCall refuses
+		// every such body it knows of): its usage would go unmetered, so nothing is passed on.
+		s.metrics.UpstreamErrors.WithLabelValues(st.name, "stream").Inc()
+		return Outcome{}, upstreamFailure(http.StatusBadGateway, "the engine streamed its answer to a call that did not ask for a stream")
 	}
 	if resp.Length > maxResponseBytes {
 		return Outcome{}, errAnswerTooLarge()

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,9 +40,31 @@ func (s *Server) grpcServer(addr string) (server, error) {
 	return s.grpcServeOn(ln), nil
 }
 
+// recoverUnary and recoverStream turn a handler's panic into an Internal error for that
+// call, as net/http does for HTTP: grpc-go would let it end the process, and every client's
+// calls with it.
+func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (_ any, err error) {
+	defer s.recoverCall(info.FullMethod, &err)
+	return h(ctx, req)
+}
+
+func (s *Server) recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer s.recoverCall(info.FullMethod, &err)
+	return h(srv, ss)
+}
+
+func (s *Server) recoverCall(method string, err *error) {
+	if v := recover(); v != nil {
+		s.opts.Log.Error(fmt.Errorf("%v", v), "panic serving a gRPC call", "method", method, "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error")
+	}
+}
+
 // grpcServeOn is the gRPC front on ln.
 func (s *Server) grpcServeOn(ln net.Listener) server {
 	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(s.recoverUnary),
+		grpc.ChainStreamInterceptor(s.recoverStream),
 		grpc.MaxRecvMsgSize(int(min(s.opts.MaxBodyBytes, math.MaxInt32))),
 		// Clients may ping every 10 s, idle or not (the default enforcement, one ping per 5
 		// minutes, answers common client settings with GOAWAY "too_many_pings").

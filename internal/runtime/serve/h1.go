@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -271,6 +272,10 @@ func (f *h1Front) stop(ctx context.Context) {
 func (f *h1Front) serveConn(c *h1Conn) {
 	handedOff := false
 	defer func() {
+		if v := recover(); v != nil {
+			// As net/http does for a handler's panic: this connection ends, the others go on.
+			f.s.opts.Log.Error(fmt.Errorf("%v", v), "panic serving an HTTP connection; closed it", "stack", string(debug.Stack()))
+		}
 		if !handedOff {
 			_ = c.nc.Close()
 		}

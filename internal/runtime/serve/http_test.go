@@ -6,7 +6,9 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -163,6 +165,66 @@ func TestRefusalsAreOpenAIErrors(t *testing.T) {
 	if r.engine.Stats().Requests != 0 {
 		t.Errorf("refused requests reached the engine: %+v", r.engine.Stats())
 	}
+}
+
+// TestStreamFieldReadAsEnginesRead: the runtime and the engine must agree on whether a call
+// streams, or a stream would go unmetered (the runtime would look for usage in a plain answer).
+func TestStreamFieldReadAsEnginesRead(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	key := r.addKey("app", nil)
+	escaped := strings.Replace(streamBody(false), `"stream"`, `"str\u0065am"`, 1)
+	if chunks, done := sseChunks(t, r.post(RouteChatCompletions, key, escaped)); !done || len(chunks) == 0 {
+		t.Fatalf("escaped stream field: %d chunks, [DONE]=%v", len(chunks), done)
+	}
+	if got := r.usage.total(testNS + "/app"); got != 8 {
+		t.Fatalf("recorded %d tokens for a stream asked with an escaped field name, want 8", got)
+	}
+	// What an engine could read otherwise than the runtime is refused, on both HTTP paths
+	// (the fast path hands these to net/http).
+	for _, body := range []string{
+		strings.Replace(streamBody(false), `"stream"`, `"Stream"`, 1),
+		strings.Replace(streamBody(false), `"stream"`, `"ſtream"`, 1), // folds to "stream" in encoding/json
+		strings.Replace(streamBody(false), `"stream":true`, `"stream":"true"`, 1),
+		strings.Replace(streamBody(false), `"stream":true`, `"stream":1`, 1),
+		strings.Replace(streamBody(true), `"include_usage":true`, `"Include_usage":false`, 1),
+		strings.Replace(streamBody(true), `"include_usage":true`, `"include_usage":"no"`, 1),
+		strings.Replace(chatBody, `"max_tokens"`, `"stream_options":[],"max_tokens"`, 1),
+	} {
+		wantError(t, r.post(RouteChatCompletions, key, body), http.StatusBadRequest, "invalid_field")
+	}
+	if n := r.engine.Stats().Requests; n != 1 {
+		t.Fatalf("%d requests reached the engine, want only the first", n)
+	}
+}
+
+// TestOddEngineAnswers: an odd engine answer is passed on or refused, never a panic, and a
+// stream the runtime did not ask for is a 502 (it could not be metered).
+func TestOddEngineAnswers(t *testing.T) {
+	var answer atomic.Pointer[string]
+	odd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		a := *answer.Load()
+		if strings.HasPrefix(a, "data:") {
+			w.Header().Set("Content-Type", "text/event-stream")
+		} else {
+			w.Header().Set("Content-Type", "application/json")
+		}
+		_, _ = io.WriteString(w, a)
+	}))
+	t.Cleanup(odd.Close)
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.Upstream = odd.URL })
+	key := r.addKey("app", nil)
+
+	notAnArray := `{"choices":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`
+	answer.Store(&notAnArray)
+	if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d for an answer with odd choices", resp.StatusCode)
+	}
+	if got := r.usage.total(testNS + "/app"); got != 3 {
+		t.Fatalf("recorded %d tokens, want 3", got)
+	}
+	unasked := "data: {\"choices\":[{\"delta\":{\"content\":\"free\"}}]}\n\ndata: [DONE]\n\n"
+	answer.Store(&unasked)
+	wantError(t, r.post(RouteChatCompletions, key, chatBody), http.StatusBadGateway, "upstream_error")
 }
 
 func TestEngineFailures(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // The runtime reads three fields of each request (model, stream, stream_options) and one of
@@ -133,23 +134,44 @@ func isDelimiter(c byte) bool {
 }
 
 // parseCall reads the fields the runtime needs from a request body.
+//
+// The engine must read the same fields as the runtime, or a call could stream while the
+// runtime meters it as a plain answer (no usage: free tokens). So member names are compared
+// as decoded (an escaped "str\u0065am" is "stream"), and what some engine could read
+// differently is refused with 400 rather than guessed: a name that differs from a field only
+// in case (Go engines fold case, Python ones do not), and a "stream" or "include_usage" that
+// is not a boolean (Pydantic reads "true" and 1 as true). OpenAI's API refuses both too.
+// A repeated member counts as its last value, as every JSON decoder the engines use reads it.
 func parseCall(body []byte) (model []byte, stream, wantUsage bool, err error) {
 	var inner error
 	err = scanObject(body, func(k, v []byte) bool {
-		switch string(k) {
+		var name string
+		if name, inner = callMember(k, "model", "stream", "stream_options"); inner != nil {
+			return false
+		}
+		switch name {
 		case "model":
 			model, inner = jsonStringBytes(v)
 		case "stream":
-			stream = string(v) == "true"
+			stream, inner = jsonBool("stream", v)
 		case "stream_options":
 			wantUsage = false
-			if v[0] == '{' {
-				inner = scanObject(v, func(k, v []byte) bool {
-					if string(k) == "include_usage" {
-						wantUsage = string(v) == "true"
+			switch v[0] {
+			case '{':
+				var opt error
+				if inner = scanObject(v, func(k, v []byte) bool {
+					var name string
+					if name, opt = callMember(k, "include_usage"); name != "" && opt == nil {
+						wantUsage, opt = jsonBool("stream_options.include_usage", v)
 					}
-					return true
-				})
+					return opt == nil
+				}); inner == nil {
+					inner = opt
+				}
+			case 'n':
+				inner = jsonNull("stream_options", v)
+			default:
+				inner = fieldErrorf(`"stream_options" must be an object`)
 			}
 		}
 		return inner == nil
@@ -160,11 +182,57 @@ func parseCall(body []byte) (model []byte, stream, wantUsage bool, err error) {
 	return model, stream, wantUsage, err
 }
 
+// callMember returns which of fields the member name k (as written, without quotes) is, or
+// "" for another member; a name equal to a field but for case is an error.
+func callMember(k []byte, fields ...string) (string, error) {
+	if bytes.IndexByte(k, '\\') >= 0 {
+		var s string
+		if err := json.Unmarshal(append(append([]byte{'"'}, k...), '"'), &s); err != nil {
+			return "", err
+		}
+		k = []byte(s)
+	}
+	for _, f := range fields {
+		if string(k) == f {
+			return f, nil
+		}
+		if strings.EqualFold(string(k), f) {
+			return "", fieldErrorf("unrecognized request argument %.64q (the field is %q)", k, f)
+		}
+	}
+	return "", nil
+}
+
+// fieldError is a body that is valid JSON with a field the runtime cannot accept.
+type fieldError string
+
+func (e fieldError) Error() string { return string(e) }
+
+func fieldErrorf(format string, args ...any) error { return fieldError(fmt.Sprintf(format, args...)) }
+
+// jsonBool reads a JSON boolean; null is false.
+func jsonBool(name string, v []byte) (bool, error) {
+	switch string(v) {
+	case "true":
+		return true, nil
+	case "false", "null":
+		return false, nil
+	}
+	return false, fieldErrorf("%q must be a boolean", name)
+}
+
+func jsonNull(name string, v []byte) error {
+	if string(v) != "null" {
+		return fieldErrorf("%q must be an object", name)
+	}
+	return nil
+}
+
 // jsonStringBytes returns the content of a JSON string value; escapes are decoded (rare in
 // model names, so only then is there an allocation).
 func jsonStringBytes(v []byte) ([]byte, error) {
 	if len(v) < 2 || v[0] != '"' {
-		return nil, errors.New(`"model" must be a string`)
+		return nil, fieldErrorf(`"model" must be a string`)
 	}
 	if bytes.IndexByte(v, '\\') < 0 {
 		return v[1 : len(v)-1], nil
@@ -195,7 +263,8 @@ func topLevelUsage(data []byte) (u *Usage, noChoices bool) {
 		case "usage":
 			raw = v
 		case "choices":
-			noChoices = len(bytes.TrimSpace(v[1:len(v)-1])) == 0
+			// Only an empty array is the usage chunk's; any other value, however odd, is not.
+			noChoices = len(v) >= 2 && v[0] == '[' && len(bytes.TrimSpace(v[1:len(v)-1])) == 0
 		}
 		return true
 	})

@@ -1,54 +1,148 @@
 package serve
 
 import (
+	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // FuzzParseCall checks the allocation-free scanner against encoding/json: whenever
-// encoding/json reads a request object, the scanner reads the same model, stream and
-// include_usage.
+// encoding/json reads a request object that the rules accept, the scanner reads the same
+// model, stream and include_usage; whenever the rules refuse it (a name that folds to a
+// field, a non-boolean stream), so does the scanner, so that no body streams unmetered.
 func FuzzParseCall(f *testing.F) {
 	for _, seed := range []string{
 		`{"model":"m","stream":true,"stream_options":{"include_usage":true}}`,
 		`{"messages":[{"role":"user","content":"a \"quoted\" {brace} [x]"}],"model":"llama-3.1-8b"}`,
 		` { "model" : "m\u00e9" , "stream" : false , "n" : 1.5e3 , "x" : null } `,
 		`{"model":"m","stream_options":null}`,
-		`{"model":1}`, `[]`, `{"model":"a"`, `{}`,
+		`{"model":1}`, `[]`, `{"model":"a"`, `{}`, `{"model":null}`,
+		`{"model":"m","str\u0065am":true}`, `{"model":"m","Stream":true}`, `{"model":"m","ſtream":true}`,
+		`{"model":"m","stream":"true"}`, `{"model":"m","stream":1}`, `{"model":"m","stream":false,"stream":true}`,
+		`{"model":"m","stream":true,"stream_options":{"Include_usage":false}}`,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":"yes"}}`,
+		`{"model":"m","stream":true,"stream_options":[]}`,
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		model, stream, wantUsage, err := parseCall(body)
-		// The reference matches member names exactly, as the engines (Python) do; a struct
-		// would not (encoding/json folds case).
-		refModel, refStream, refUsage, ok := referenceCall(body)
-		if !ok {
-			return // not an object of the expected types: the scanner may refuse or pass it on
+		ref, verdict := referenceCall(body)
+		switch verdict {
+		case notJSON:
+			return // not an object: the scanner may refuse it or pass it on to the engine's 400
+		case refused:
+			if err == nil {
+				t.Fatalf("%q: scanner read (%q, %v, %v), the rules refuse it", body, model, stream, wantUsage)
+			}
+			return
 		}
 		if err != nil {
 			t.Fatalf("scanner refused valid JSON %q: %v", body, err)
 		}
-		if string(model) != refModel || stream != refStream || wantUsage != refUsage {
-			t.Fatalf("%q: scanner read (%q, %v, %v), encoding/json (%q, %v, %v)", body, model, stream, wantUsage, refModel, refStream, refUsage)
+		if string(model) != ref.model || stream != ref.stream || wantUsage != ref.wantUsage {
+			t.Fatalf("%q: scanner read (%q, %v, %v), encoding/json (%q, %v, %v)", body, model, stream, wantUsage, ref.model, ref.stream, ref.wantUsage)
 		}
 	})
 }
 
-func referenceCall(body []byte) (model string, stream, wantUsage, ok bool) {
+type refFields struct {
+	model             string
+	stream, wantUsage bool
+}
+
+type refVerdict int
+
+const (
+	accepted refVerdict = iota
+	refused
+	notJSON
+)
+
+// referenceCall reads body with encoding/json's decoder, member by member in order (a
+// repeated member's last value counts), by parseCall's rules.
+func referenceCall(body []byte) (refFields, refVerdict) {
+	// encoding/json replaces invalid UTF-8 where the scanner keeps the bytes; either way
+	// such a model name is no served model's.
 	var top map[string]json.RawMessage
-	if json.Unmarshal(body, &top) != nil {
-		return "", false, false, false
+	if !utf8.Valid(body) || json.Unmarshal(body, &top) != nil || top == nil {
+		return refFields{}, notJSON
 	}
-	if raw, has := top["model"]; has && json.Unmarshal(raw, &model) != nil {
-		return "", false, false, false
+	var out refFields
+	verdict := accepted
+	refMembers(body, func(name string, raw json.RawMessage) {
+		switch refField(name, "model", "stream", "stream_options") {
+		case "":
+		case "model":
+			if raw[0] != '"' || json.Unmarshal(raw, &out.model) != nil {
+				verdict = refused
+			}
+		case "stream":
+			if !refBool(raw, &out.stream) {
+				verdict = refused
+			}
+		case "stream_options":
+			out.wantUsage = false
+			switch raw[0] {
+			case 'n':
+			case '{':
+				refMembers(raw, func(name string, raw json.RawMessage) {
+					switch refField(name, "include_usage") {
+					case "include_usage":
+						if !refBool(raw, &out.wantUsage) {
+							verdict = refused
+						}
+					case "?":
+						verdict = refused
+					}
+				})
+			default:
+				verdict = refused
+			}
+		default: // "?": a field's name in another case
+			verdict = refused
+		}
+	})
+	return out, verdict
+}
+
+// refMembers calls fn with each member of the JSON object obj, in order.
+func refMembers(obj []byte, fn func(string, json.RawMessage)) {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	_, _ = dec.Token() // {
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return
+		}
+		var raw json.RawMessage
+		if dec.Decode(&raw) != nil {
+			return
+		}
+		fn(tok.(string), raw)
 	}
-	stream = string(top["stream"]) == "true"
-	var opts map[string]json.RawMessage
-	if raw, has := top["stream_options"]; has && json.Unmarshal(raw, &opts) == nil {
-		wantUsage = string(opts["include_usage"]) == "true"
+}
+
+func refField(name string, fields ...string) string {
+	for _, f := range fields {
+		if name == f {
+			return f
+		}
+		if strings.EqualFold(name, f) {
+			return "?"
+		}
 	}
-	return model, stream, wantUsage, true
+	return ""
+}
+
+func refBool(raw json.RawMessage, out *bool) bool {
+	if string(raw) == "null" {
+		*out = false
+		return true
+	}
+	return json.Unmarshal(raw, out) == nil
 }
 
 func TestTopLevelUsage(t *testing.T) {
@@ -61,6 +155,9 @@ func TestTopLevelUsage(t *testing.T) {
 		{`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`, &Usage{1, 2, 3}, true},
 		{`{"choices":[{"delta":{}}],"usage":null}`, nil, false},
 		{`{"choices":[{"delta":{}}]}`, nil, false},
+		// Odd answers are read, not a panic.
+		{`{"choices":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`, &Usage{1, 2, 3}, false},
+		{`{"choices":"","usage":{}}`, &Usage{}, false},
 	} {
 		u, noChoices := topLevelUsage([]byte(tc.in))
 		if (u == nil) != (tc.want == nil) || (u != nil && *u != *tc.want) || noChoices != tc.noChoices {
