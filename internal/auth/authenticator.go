@@ -164,7 +164,7 @@ func (a *Authenticator) authenticateToken(token string) (*Principal, *Error) {
 	if rec == nil || !rec.acceptsKeyID(claims.KeyID, now) {
 		return nil, ErrTokenKeyRevoked
 	}
-	if refusal := refusalError(KeyRefusal(rec.ak, now)); refusal != nil {
+	if refusal := keyRefusalError(rec.ak, now); refusal != nil {
 		return nil, refusal
 	}
 	return tokenPrincipal(rec.base, claims), nil

@@ -3,6 +3,7 @@ package auth
 import (
 	"fmt"
 	"net/http"
+	"time"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/apierror"
@@ -36,6 +37,15 @@ type Error struct {
 	Code string
 	// Message is for people.
 	Message string
+	// RetryAfter, on a 429, is when asking again can succeed: the quota's window end.
+	RetryAfter time.Duration
+}
+
+// Is matches a refusal by what the client sees (status, code, message), so that
+// errors.Is(err, ErrQuotaExceeded) holds for a copy that carries its own RetryAfter.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && e.Status == t.Status && e.Code == t.Code && e.Message == t.Message
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -85,6 +95,18 @@ func ErrModelNotAllowed(model string) *Error {
 func ErrScopeMissing(scope servingv1alpha1.Scope) *Error {
 	return &Error{Status: http.StatusForbidden, Type: apierror.TypePermission, Code: CodeMissingScope,
 		Message: fmt.Sprintf("the credential lacks scope %.*q", maxNameInMessage, string(scope))}
+}
+
+// keyRefusalError is the error a client sees for ak at now, or nil when ak is usable. A
+// quota refusal says when the quota's window ends.
+func keyRefusalError(ak *servingv1alpha1.ApiKey, now time.Time) *Error {
+	r := KeyRefusal(ak, now)
+	if r == RefusalQuotaExhausted {
+		e := *ErrQuotaExceeded
+		e.RetryAfter = QuotaWindowEnd(ak.Spec.Quota.Window, now).Sub(now)
+		return &e
+	}
+	return refusalError(r)
 }
 
 // refusalError maps the shared usability rule to the error a client sees.

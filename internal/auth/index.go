@@ -158,7 +158,7 @@ func (x *Index) authenticateKey(key string, now time.Time) (*Principal, *Error) 
 	if !e.validUntil.IsZero() && !now.Before(e.validUntil) {
 		return nil, ErrKeyRotatedOut
 	}
-	if err := refusalError(KeyRefusal(e.record.ak, now)); err != nil {
+	if err := keyRefusalError(e.record.ak, now); err != nil {
 		return nil, err
 	}
 	return e.principal, nil

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -216,10 +217,16 @@ func TestIndexRefusals(t *testing.T) {
 				}
 				return
 			}
-			if err != tc.want {
+			if !errors.Is(err, tc.want) {
 				t.Fatalf("error = %v, want %v", err, tc.want)
 			}
 		})
+	}
+	// A quota refusal says when to ask again: when the window ends.
+	x0 := NewIndex(testNS)
+	mustUpsert(t, x0, makeApiKey("k").Key(keyID, key).QuotaUsedUp().Obj())
+	if _, err := x0.authenticateKey(key, t0); err == nil || err.RetryAfter != QuotaWindowEnd(servingv1alpha1.QuotaWindowMonth, t0).Sub(t0) {
+		t.Errorf("quota refusal %+v, want Retry-After until the month's end", err)
 	}
 	// The quota is per window: the next month the same usage no longer counts.
 	x := NewIndex(testNS)

@@ -41,7 +41,7 @@ func fromAuth(err error) *Failure {
 	case http.StatusTooManyRequests:
 		reason = "quota"
 	}
-	return &Failure{Status: ae.Status, Type: ae.Type, Code: ae.Code, Message: ae.Message, Reason: reason}
+	return &Failure{Status: ae.Status, Type: ae.Type, Code: ae.Code, Message: ae.Message, Reason: reason, RetryAfter: ae.RetryAfter}
 }
 
 func badRequest(code, format string, args ...any) *Failure {
