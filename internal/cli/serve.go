@@ -43,6 +43,7 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.Int64Var(&opts.MaxBodyBytes, "max-body-bytes", opts.MaxBodyBytes, "Largest request body accepted (413 beyond).")
 	f.IntVar(&opts.MaxHeaderBytes, "max-header-bytes", opts.MaxHeaderBytes, "Largest request header block accepted (431 beyond).")
 	f.DurationVar(&opts.RequestTimeout, "request-timeout", opts.RequestTimeout, "Longest engine call, streams included (504 when the engine has not answered by then).")
+	f.DurationVar(&opts.BodyTimeout, "body-timeout", opts.BodyTimeout, "Longest time a client may take to send a request body (408, or the connection closed, beyond); 0 for no bound.")
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", opts.ShutdownTimeout, "How long in-flight requests and streams may finish on SIGTERM.")
 	f.StringVar(&opts.UpstreamHealthPath, "upstream-health-path", opts.UpstreamHealthPath, "The engine's health endpoint, checked by /readyz.")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")

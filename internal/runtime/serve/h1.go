@@ -420,10 +420,15 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 	if !f.authorize(&req) {
 		return req, nil, false, nil
 	}
-	// The header timeout covers the head only, as with net/http; a body already read in full
-	// needs no change (the client watch clears the deadline for itself).
+	// The header timeout covers the head only, as with net/http; the body has --body-timeout
+	// (a stalled client's connection is closed). A body already read in full needs no change
+	// (the client watch sets the deadline for itself).
 	if c.br.Buffered() < req.contentLength {
-		if err := c.nc.SetReadDeadline(time.Time{}); err != nil {
+		var dl time.Time
+		if t := f.s.opts.BodyTimeout; t > 0 {
+			dl = time.Now().Add(t)
+		}
+		if err := c.nc.SetReadDeadline(dl); err != nil {
 			return req, nil, false, err
 		}
 	}

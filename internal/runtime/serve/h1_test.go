@@ -355,3 +355,41 @@ func TestH1NoContentAnswersHaveNoLength(t *testing.T) {
 		t.Errorf("fast path served %d calls, want 3", got)
 	}
 }
+
+// TestSlowBodiesAreCut: a client that stalls in its body does not hold the connection past
+// --body-timeout: on the fast path, before a refusal (net/http reads a small unread body
+// before it answers), and on net/http's path.
+func TestSlowBodiesAreCut(t *testing.T) {
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.BodyTimeout = 300 * time.Millisecond })
+	key := r.addKey("app", nil)
+	head := func(credential, framing string) string {
+		return "POST " + RouteChatCompletions + " HTTP/1.1\r\nHost: runtime\r\nAuthorization: Bearer " + credential + "\r\n" + framing + "\r\n"
+	}
+	stalled := func() *h1Client {
+		c := dialH1(t, r)
+		_ = c.c.SetDeadline(time.Now().Add(5 * time.Second)) // the test's bound, well past the server's
+		return c
+	}
+
+	c := stalled()
+	c.send(head(key, "Content-Length: 1000\r\n"), `{"model":`)
+	if _, err := c.br.ReadByte(); err == nil || isTimeout(err) {
+		t.Fatalf("fast path: read %v, want the connection closed", err)
+	}
+
+	c = stalled()
+	c.send(head("hf-nope", "Content-Length: 1000\r\n"), `{"model":`)
+	if resp, body := c.read(); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("refused caller: %d %q, want 401", resp.StatusCode, body)
+	}
+
+	c = stalled()
+	c.send(head(key, "Transfer-Encoding: chunked\r\n"), "9\r\n{\"model\":\r\n")
+	resp, body := c.read()
+	if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(body, "request_timeout") {
+		t.Fatalf("net/http path: %d %q, want 408 request_timeout", resp.StatusCode, body)
+	}
+	if n := r.engine.Stats().Requests; n != 0 {
+		t.Fatalf("%d partial calls reached the engine", n)
+	}
+}

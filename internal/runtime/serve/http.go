@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -33,7 +35,21 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, http.StatusNotFound, apierror.TypeNotFound, "unknown_route", "Unknown request URL: "+r.Method+" "+r.URL.Path)
 	})
-	return mux
+	return s.bodyDeadline(mux)
+}
+
+// bodyDeadline bounds the time a client may take to send a request body (--body-timeout).
+// net/http's ReadTimeout would bound it too, but would then also cut the read that notices
+// a streaming client leaving. A handler that reads the body lifts the bound once it has
+// (serveInference); for one that does not, it bounds net/http's read of the unread rest
+// before it answers, which would otherwise wait for a stalled client indefinitely.
+func (s *Server) bodyDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 && s.opts.BodyTimeout > 0 {
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.opts.BodyTimeout))
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
@@ -134,7 +150,9 @@ func (s *Server) serveInference(route string) http.HandlerFunc {
 			fail.writeHTTP(w)
 			return
 		}
-		sink := &httpSink{w: w, rc: http.NewResponseController(w)}
+		rc := http.NewResponseController(w)
+		_ = rc.SetReadDeadline(time.Time{}) // the body is in: a stream may take its time
+		sink := &httpSink{w: w, rc: rc}
 		_, fail := s.Exchange(r.Context(), p, Call{Route: route, Body: buf.Bytes()}, sink)
 		if fail != nil && fail.Status != 499 && !sink.started {
 			fail.writeHTTP(w)
@@ -152,6 +170,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buf
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return tooLarge(limit)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return &Failure{Status: http.StatusRequestTimeout, Type: apierror.TypeInvalidRequest, Code: "request_timeout",
+				Message: fmt.Sprintf("the request body did not arrive within %s", s.opts.BodyTimeout), Reason: "bad_request"}
 		}
 		return badRequest("unreadable_body", "reading request body: %v", err)
 	}

@@ -40,6 +40,9 @@ type Options struct {
 	MaxHeaderBytes int
 	// RequestTimeout bounds one engine call, streams included (504 when it passes first).
 	RequestTimeout time.Duration
+	// BodyTimeout bounds the time a client takes to send a request body (408, or the
+	// connection closed, beyond); zero means no bound.
+	BodyTimeout time.Duration
 	// ShutdownTimeout is how long in-flight requests and streams may finish on shutdown.
 	ShutdownTimeout time.Duration
 	// WebSocket tunes GET /v1/stream (allowed origins, ping interval, idle timeout).
@@ -65,6 +68,7 @@ func DefaultOptions() Options {
 		MaxBodyBytes:       8 << 20,
 		MaxHeaderBytes:     64 << 10,
 		RequestTimeout:     10 * time.Minute,
+		BodyTimeout:        time.Minute,
 		ShutdownTimeout:    30 * time.Second,
 		UpstreamHealthPath: "/health",
 	}
