@@ -240,11 +240,19 @@ func (s *Server) shutdown(servers []server) {
 		<-done
 	}
 	if f, ok := s.usage.(interface{ Flush(context.Context) error }); ok {
-		if err := f.Flush(ctx); err != nil {
+		// Its own time: a stream that ran to the drain's deadline has used up ctx, and its
+		// tokens are among those still to report.
+		fctx, cancel := context.WithTimeout(context.Background(), usageFlushTimeout)
+		defer cancel()
+		if err := f.Flush(fctx); err != nil {
 			s.opts.Log.Error(err, "usage not fully reported before shutdown")
 		}
 	}
 }
+
+// usageFlushTimeout bounds the last usage report on shutdown, after the drain's
+// --shutdown-timeout; the pods' termination grace period leaves room for both.
+const usageFlushTimeout = 10 * time.Second
 
 // server is one listening front.
 type server struct {
