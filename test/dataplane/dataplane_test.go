@@ -262,3 +262,36 @@ func TestOpenAINodeSDK(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenAINodeSDKSeesABrokenStream: when the engine stops in the middle of a stream and the
+// request timeout cuts it, the SDK raises an error instead of returning the part it got as
+// the whole answer.
+func TestOpenAINodeSDKSeesABrokenStream(t *testing.T) {
+	c := newCluster(t, testengine.Config{})
+	key := c.apiKey("app", nil)
+	c.stopRuntime() // for one with a short request timeout (stopped when the test ends)
+	c.runtimeURL, _ = startRuntime(t, c.ns, "chat", c.engineURL, func(o *serve.Options) { o.RequestTimeout = time.Second })
+	c.engine.SetMode(testengine.ModeStall) // the first chunk, then nothing
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := clients.NodeCommand(ctx, t, "broken-stream.mjs")
+	cmd.Env = append(os.Environ(), "OPENAI_BASE_URL="+c.runtimeURL+"/v1", "MODEL="+testengine.DefaultModel, "KEY="+key)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	var res struct {
+		Chunks int       `json:"chunks"`
+		Error  *sdkError `json:"error"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("node printed %s: %v", out, err)
+	}
+	if res.Error == nil || res.Error.Class != "APIError" || res.Error.Code != "upstream_error" {
+		t.Fatalf("the SDK saw %s; want an APIError with code upstream_error", out)
+	}
+	if res.Chunks == 0 {
+		t.Fatalf("the SDK saw no chunk before the error: %s", out)
+	}
+}

@@ -153,9 +153,16 @@ func (s *Server) serveInference(route string) http.HandlerFunc {
 		rc := http.NewResponseController(w)
 		_ = rc.SetReadDeadline(time.Time{}) // the body is in: a stream may take its time
 		sink := &httpSink{w: w, rc: rc}
+		start := time.Now()
 		_, fail := s.Exchange(r.Context(), p, Call{Route: route, Body: buf.Bytes()}, sink)
-		if fail != nil && fail.Status != 499 && !sink.started {
+		switch {
+		case fail != nil && fail.Status != 499 && !sink.started:
 			fail.writeHTTP(w)
+		case sink.streaming && !sink.ended && r.Context().Err() == nil:
+			// The engine broke the stream off, or the request timeout cut it: say so, as
+			// the WebSocket and gRPC fronts do. A plain end would read as a whole answer;
+			// OpenAI's SDKs raise an error event as an APIError.
+			sink.fail(s.brokenStream(start))
 		}
 	}
 }
@@ -183,17 +190,18 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buf
 // httpSink writes the engine's answer to an HTTP client: chunks as Server-Sent Events,
 // each flushed at once, so the client sees a token as soon as the engine sends it.
 type httpSink struct {
-	w       http.ResponseWriter
-	rc      *http.ResponseController
-	started bool
-	buf     []byte
+	w                http.ResponseWriter
+	rc               *http.ResponseController
+	started          bool // the status is written
+	streaming, ended bool // an event stream began, and ended with [DONE]
+	buf              []byte
 }
 
 func (h *httpSink) start() {
 	if h.started {
 		return
 	}
-	h.started = true
+	h.started, h.streaming = true, true
 	hd := h.w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-cache")
@@ -213,10 +221,17 @@ func (h *httpSink) Chunk(data []byte) error {
 
 func (h *httpSink) End() error {
 	h.start()
+	h.ended = true
 	if _, err := io.WriteString(h.w, "data: [DONE]\n\n"); err != nil {
 		return err
 	}
 	return h.rc.Flush()
+}
+
+// fail ends a stream with an error event (an OpenAI error object) and no [DONE].
+func (h *httpSink) fail(f *Failure) {
+	data, _ := json.Marshal(apierror.Body{Error: apierror.Detail{Message: f.Message, Type: f.Type, Code: f.Code}})
+	_ = h.Chunk(data)
 }
 
 func (h *httpSink) Complete(status int, contentType string, body []byte) error {

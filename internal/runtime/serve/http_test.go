@@ -245,6 +245,22 @@ func TestEngineFailures(t *testing.T) {
 	wantError(t, dead.post(RouteChatCompletions, dead.addKey("app", nil), chatBody), http.StatusBadGateway, "upstream_error")
 }
 
+// TestBrokenStreamEndsWithAnErrorEvent: a stream the engine does not finish (here, cut by
+// the request timeout) ends with an OpenAI error object and no [DONE], so that a client does
+// not take the part it got for the whole answer.
+func TestBrokenStreamEndsWithAnErrorEvent(t *testing.T) {
+	r := newRig(t, testengine.Config{Mode: testengine.ModeStall}, func(o *Options) { o.RequestTimeout = 300 * time.Millisecond })
+	key := r.addKey("app", nil)
+	chunks, done := sseChunks(t, r.post(RouteChatCompletions, key, streamBody(false)))
+	if done || len(chunks) < 2 {
+		t.Fatalf("%d chunks, [DONE]=%v; want the engine's first chunk, then an error", len(chunks), done)
+	}
+	last, ok := chunks[len(chunks)-1]["error"].(map[string]any)
+	if !ok || last["code"] != "upstream_error" || !strings.Contains(last["message"].(string), "did not finish") {
+		t.Fatalf("last event %v, want the timeout's error", chunks[len(chunks)-1])
+	}
+}
+
 func TestConcurrencyLimitAndRetryAfter(t *testing.T) {
 	r := newRig(t, testengine.Config{}, nil)
 	key := r.addKey("slow", func(ak *servingv1alpha1.ApiKey) {
