@@ -285,26 +285,50 @@ var (
 // buffering beyond one line), takes the usage from the usage chunk, and drops that chunk
 // when the client did not ask for it. It returns nil when the engine ended the stream
 // ([DONE] or EOF); the caller then ends it for the client.
+//
+// A stream that ends without the usage chunk (the client left, the engine broke it off or
+// ran past the request timeout, or the engine does not send usage) is charged one
+// completion token per chunk with output: a lower bound, as each such chunk holds at least
+// one token. Its prompt cannot be counted without the engine.
 func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sink Sink, start time.Time) (Usage, error) {
+	var rs relayed
+	err := s.relayChunks(st, body, wantUsage, sink, start, &rs)
+	if !rs.sawUsage {
+		s.metrics.StreamsWithoutUsage.WithLabelValues(st.name).Inc()
+		return Usage{CompletionTokens: rs.withText, TotalTokens: rs.withText}, err
+	}
+	return rs.usage, err
+}
+
+// relayed is what relayChunks saw of a stream.
+type relayed struct {
+	usage    Usage
+	sawUsage bool
+	withText int64 // chunks with generated output
+}
+
+func (s *Server) relayChunks(st *modelState, body io.Reader, wantUsage bool, sink Sink, start time.Time, rs *relayed) error {
 	r := bufio.NewReaderSize(body, 64<<10)
-	var usage Usage
 	first := true
 	for {
 		line, err := r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			return usage, fmt.Errorf("engine sent an SSE line longer than %d bytes", r.Size())
+			return fmt.Errorf("engine sent an SSE line longer than %d bytes", r.Size())
 		}
 		if payload, ok := ssePayload(line); ok {
 			if bytes.Equal(payload, doneMarker) {
-				return usage, nil
+				return nil
 			}
 			if bytes.Contains(payload, usageKey) {
 				if u, onlyUsage := topLevelUsage(payload); u != nil {
-					usage = *u
+					rs.usage, rs.sawUsage = *u, true
 					if onlyUsage && !wantUsage {
 						continue
 					}
 				}
+			}
+			if chunkCarriesText(payload) {
+				rs.withText++
 			}
 			if first {
 				first = false
@@ -312,14 +336,14 @@ func (s *Server) relayStream(st *modelState, body io.Reader, wantUsage bool, sin
 			}
 			if werr := sink.Chunk(payload); werr != nil {
 				// The client left; closing the engine's body (deferred) cancels its work.
-				return usage, fmt.Errorf("%w: %w", errClientGone, werr)
+				return fmt.Errorf("%w: %w", errClientGone, werr)
 			}
 		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return usage, nil
+				return nil
 			}
-			return usage, err
+			return err
 		}
 	}
 }

@@ -286,6 +286,60 @@ func topLevelUsage(data []byte) (u *Usage, noChoices bool) {
 	return &out, noChoices
 }
 
+// chunkCarriesText reports whether a stream chunk carries generated output: a first choice
+// with a non-empty delta.content, delta.reasoning_content, delta.tool_calls or (completions)
+// text. Each such chunk holds at least one token; streams that end without the engine's usage
+// are charged by them.
+func chunkCarriesText(data []byte) bool {
+	found := false
+	_ = scanObject(data, func(k, v []byte) bool {
+		if string(k) != "choices" {
+			return true
+		}
+		if first := firstElement(v); len(first) > 0 && first[0] == '{' {
+			_ = scanObject(first, func(k, v []byte) bool {
+				switch string(k) {
+				case "text":
+					found = nonEmptyString(v)
+				case "delta":
+					if v[0] == '{' {
+						_ = scanObject(v, func(k, v []byte) bool {
+							switch string(k) {
+							case "content", "reasoning_content":
+								found = nonEmptyString(v)
+							case "tool_calls":
+								found = len(firstElement(v)) > 0
+							}
+							return !found
+						})
+					}
+				}
+				return !found
+			})
+		}
+		return false
+	})
+	return found
+}
+
+// firstElement returns the first element of the JSON array v, or nil.
+func firstElement(v []byte) []byte {
+	if len(v) == 0 || v[0] != '[' {
+		return nil
+	}
+	i := skipSpace(v, 1)
+	if i >= len(v) || v[i] == ']' {
+		return nil
+	}
+	end, err := skipValue(v, i)
+	if err != nil {
+		return nil
+	}
+	return v[i:end]
+}
+
+func nonEmptyString(v []byte) bool { return len(v) > 2 && v[0] == '"' }
+
 // jsonInt reads a non-negative JSON integer; anything else counts as 0.
 func jsonInt(v []byte) int64 {
 	var n int64

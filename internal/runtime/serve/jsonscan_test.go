@@ -175,3 +175,24 @@ func BenchmarkParseCall(b *testing.B) {
 		}
 	}
 }
+
+func TestChunkCarriesText(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want bool
+	}{
+		{`{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}`, true},
+		{`{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}`, false},
+		{`{"choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}]}`, true},
+		{`{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{"}}]}}]}`, true},
+		{`{"choices":[{"index":0,"delta":{"tool_calls":[]}}]}`, false},
+		{`{"choices":[{"index":0,"text":" world","finish_reason":null}]}`, true},
+		{`{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}`, false},
+		{`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`, false},
+		{`{"choices":0}`, false}, {`{"choices":[0]}`, false}, {`{"choices":[{"delta":"x"}]}`, false}, {`[]`, false},
+	} {
+		if got := chunkCarriesText([]byte(tc.in)); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

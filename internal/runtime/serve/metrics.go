@@ -13,16 +13,18 @@ import (
 // public key ID (never the key). Latency histograms are per model only: a key ID label there
 // would multiply the series by the number of keys.
 type Metrics struct {
-	Requests        *prometheus.CounterVec
-	Latency         *prometheus.HistogramVec
-	TimeToFirstTok  *prometheus.HistogramVec
-	Tokens          *prometheus.CounterVec
-	Rejections      *prometheus.CounterVec
-	UpstreamErrors  *prometheus.CounterVec
-	InFlight        *prometheus.GaugeVec
-	registry        *prometheus.Registry
-	statusLabelText [600]string
-	calls           sync.Map // callMetricsKey → *callMetrics
+	Requests       *prometheus.CounterVec
+	Latency        *prometheus.HistogramVec
+	TimeToFirstTok *prometheus.HistogramVec
+	Tokens         *prometheus.CounterVec
+	Rejections     *prometheus.CounterVec
+	UpstreamErrors *prometheus.CounterVec
+	// StreamsWithoutUsage counts streams charged by their chunks, not the engine's usage.
+	StreamsWithoutUsage *prometheus.CounterVec
+	InFlight            *prometheus.GaugeVec
+	registry            *prometheus.Registry
+	statusLabelText     [600]string
+	calls               sync.Map // callMetricsKey → *callMetrics
 }
 
 // callMetrics are the metric children every call of one model, route and key ID touches,
@@ -96,6 +98,10 @@ func NewMetrics() *Metrics {
 		UpstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "helixflow_runtime_upstream_errors_total", Help: "Engine failures, by model and kind (connect, timeout, status, stream).",
 		}, []string{"model", "kind"}),
+		StreamsWithoutUsage: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "helixflow_runtime_streams_without_usage_total",
+			Help: "Streams that ended without the engine's usage (cut, broken off, or an engine that does not send it), by model; they are charged one completion token per chunk with output.",
+		}, []string{"model"}),
 		InFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "helixflow_runtime_in_flight_requests", Help: "Requests being served now, by model.",
 		}, []string{"model"}),
@@ -104,7 +110,7 @@ func NewMetrics() *Metrics {
 	for i := range m.statusLabelText {
 		m.statusLabelText[i] = strconv.Itoa(i)
 	}
-	m.registry.MustRegister(m.Requests, m.Latency, m.TimeToFirstTok, m.Tokens, m.Rejections, m.UpstreamErrors, m.InFlight,
+	m.registry.MustRegister(m.Requests, m.Latency, m.TimeToFirstTok, m.Tokens, m.Rejections, m.UpstreamErrors, m.StreamsWithoutUsage, m.InFlight,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

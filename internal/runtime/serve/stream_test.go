@@ -3,12 +3,14 @@ package serve
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -235,5 +237,44 @@ func TestDeletedKeysLeaveMetricsAndLimits(t *testing.T) {
 	again := r.addKey("gone", limited(nil))
 	if resp := r.post(RouteChatCompletions, again, chatBody); resp.StatusCode != http.StatusOK {
 		t.Errorf("the re-created ApiKey's first call: status %d, want 200", resp.StatusCode)
+	}
+}
+
+// TestCutStreamIsChargedItsChunks: a client that leaves a stream before the engine's usage
+// chunk is charged one completion token per chunk with output the engine had sent (a lower
+// bound), not nothing; the stream is counted in streams_without_usage.
+func TestCutStreamIsChargedItsChunks(t *testing.T) {
+	r := newRig(t, testengine.Config{ChunkInterval: 20 * time.Millisecond}, nil)
+	key := r.addKey("leaver", nil)
+	const maxTokens = 40
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body := strings.Replace(streamBody(false), `"max_tokens":5`, fmt.Sprintf(`"max_tokens":%d`, maxTokens), 1)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, r.url+RouteChatCompletions, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	seen := 0
+	for seen < 3 && sc.Scan() {
+		if strings.Contains(sc.Text(), `"content":"`) && !strings.Contains(sc.Text(), `"content":""`) {
+			seen++
+		}
+	}
+	cancel()
+	_ = resp.Body.Close()
+	var got int64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if got = r.usage.total(testNS + "/leaver"); got > 0 {
+			break
+		}
+	}
+	if got < 3 || got >= maxTokens {
+		t.Fatalf("charged %d tokens for a stream left after 3 of %d chunks, want at least 3 and fewer than %d", got, maxTokens, maxTokens)
+	}
+	if n := testutil.ToFloat64(r.s.metrics.StreamsWithoutUsage.WithLabelValues(testengine.DefaultModel)); n != 1 {
+		t.Fatalf("streams_without_usage = %v, want 1", n)
 	}
 }
