@@ -39,6 +39,9 @@ type Error struct {
 	Message string
 	// RetryAfter, on a 429, is when asking again can succeed: the quota's window end.
 	RetryAfter time.Duration
+	// KeyID is the public ID of a known key that is refused (suspended, expired, quota), for
+	// metrics; empty when the credential names no key.
+	KeyID string
 }
 
 // Is matches a refusal by what the client sees (status, code, message), so that
@@ -97,16 +100,19 @@ func ErrScopeMissing(scope servingv1alpha1.Scope) *Error {
 		Message: fmt.Sprintf("the credential lacks scope %.*q", maxNameInMessage, string(scope))}
 }
 
-// keyRefusalError is the error a client sees for ak at now, or nil when ak is usable. A
-// quota refusal says when the quota's window ends.
+// keyRefusalError is the error a client sees for ak at now, or nil when ak is usable. It
+// names the key's ID (for metrics), and a quota refusal says when the quota's window ends.
 func keyRefusalError(ak *servingv1alpha1.ApiKey, now time.Time) *Error {
 	r := KeyRefusal(ak, now)
-	if r == RefusalQuotaExhausted {
-		e := *ErrQuotaExceeded
-		e.RetryAfter = QuotaWindowEnd(ak.Spec.Quota.Window, now).Sub(now)
-		return &e
+	if r == RefusalNone {
+		return nil
 	}
-	return refusalError(r)
+	e := *refusalError(r)
+	e.KeyID = ak.Status.KeyID
+	if r == RefusalQuotaExhausted {
+		e.RetryAfter = QuotaWindowEnd(ak.Spec.Quota.Window, now).Sub(now)
+	}
+	return &e
 }
 
 // refusalError maps the shared usability rule to the error a client sees.

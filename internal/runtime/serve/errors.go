@@ -24,6 +24,9 @@ type Failure struct {
 	Reason string
 	// RetryAfter is sent as Retry-After on 429s.
 	RetryAfter time.Duration
+	// KeyID labels the rejection of a known key that authentication refused (suspended,
+	// expired, quota); empty for an unknown credential.
+	KeyID string
 }
 
 func (f *Failure) Error() string { return f.Message }
@@ -41,7 +44,7 @@ func fromAuth(err error) *Failure {
 	case http.StatusTooManyRequests:
 		reason = "quota"
 	}
-	return &Failure{Status: ae.Status, Type: ae.Type, Code: ae.Code, Message: ae.Message, Reason: reason, RetryAfter: ae.RetryAfter}
+	return &Failure{Status: ae.Status, Type: ae.Type, Code: ae.Code, Message: ae.Message, Reason: reason, RetryAfter: ae.RetryAfter, KeyID: ae.KeyID}
 }
 
 func badRequest(code, format string, args ...any) *Failure {

@@ -226,7 +226,7 @@ func (g *grpcInference) principal(ctx context.Context) (*auth.Principal, error) 
 	}
 	p, fail := g.s.Authenticate(header)
 	if fail != nil {
-		g.s.metrics.Rejections.WithLabelValues(g.s.model.Load().name, fail.Reason, "").Inc()
+		g.s.metrics.Rejections.WithLabelValues(g.s.model.Load().name, fail.Reason, fail.KeyID).Inc()
 		return nil, grpcError(ctx, fail)
 	}
 	return p, nil

@@ -82,7 +82,7 @@ func (s *Server) Authenticate(header string) (*auth.Principal, *Failure) {
 func (s *Server) authenticateHTTP(w http.ResponseWriter, r *http.Request) *auth.Principal {
 	p, fail := s.Authenticate(r.Header.Get("Authorization"))
 	if fail != nil {
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, "").Inc()
+		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, fail.KeyID).Inc()
 		fail.writeHTTP(w)
 		return nil
 	}

@@ -132,4 +132,9 @@ func TestQuotaRefusalSaysWhenToRetry(t *testing.T) {
 	if r.engine.Stats().Requests != 0 {
 		t.Fatal("a refused call reached the engine")
 	}
+	// The rejection names the key (its public ID), so an operator sees whose quota ran out.
+	keyID := key[len("hfk_"):strings.LastIndexByte(key, '_')]
+	if want := "helixflow_runtime_rejections_total key_id=" + keyID + " model=" + testengine.DefaultModel + " reason=quota"; !strings.Contains(r.series(), want) {
+		t.Fatalf("no series %q in\n%s", want, r.series())
+	}
 }

@@ -96,7 +96,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	if fail != nil {
 		// Refused before the upgrade, as a normal HTTP answer: browsers and SDKs see the status.
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, "").Inc()
+		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, fail.KeyID).Inc()
 		fail.writeHTTP(w)
 		return
 	}
@@ -381,7 +381,7 @@ func (wc *wsConn) handle(msg []byte) (code websocket.StatusCode, reason string, 
 	}()
 	p, fail := s.Authenticate(wc.header)
 	if fail != nil {
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, "").Inc()
+		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, fail.KeyID).Inc()
 		wc.sendError(fail)
 		if fail.Status == http.StatusUnauthorized {
 			return websocket.StatusPolicyViolation, "credential no longer valid", true
