@@ -235,13 +235,30 @@ func (s *Server) forward(call upCall, st *modelState, route string, body []byte,
 		return Outcome{}, errAnswerTooLarge()
 	}
 	out := Outcome{Status: resp.StatusCode}
-	if resp.StatusCode == http.StatusOK {
+	contentType := resp.ContentType
+	switch {
+	case resp.StatusCode == http.StatusOK:
 		out.Usage = usageOf(data)
-	} else {
+	case resp.StatusCode >= 400:
 		s.metrics.UpstreamErrors.WithLabelValues(st.name, "status").Inc()
+		if !isOpenAIError(data) {
+			// An engine's own error shape (TGI's {"error": "..."}, plain text) is rewritten as
+			// OpenAI's, with the engine's message and status, so SDKs read it as any other.
+			data, contentType = engineFailure(resp.StatusCode, data).body(), "application/json"
+		}
 	}
-	_ = sink.Complete(resp.StatusCode, resp.ContentType, data)
+	_ = sink.Complete(resp.StatusCode, contentType, data)
 	return out, nil
+}
+
+// isOpenAIError reports whether body is an OpenAI error: {"error": {"message": "...", ...}}.
+func isOpenAIError(body []byte) bool {
+	var v struct {
+		Error *struct {
+			Message *string `json:"message"`
+		} `json:"error"`
+	}
+	return json.Unmarshal(body, &v) == nil && v.Error != nil && v.Error.Message != nil
 }
 
 func errAnswerTooLarge() *Failure {

@@ -229,10 +229,7 @@ func (h *httpSink) End() error {
 }
 
 // fail ends a stream with an error event (an OpenAI error object) and no [DONE].
-func (h *httpSink) fail(f *Failure) {
-	data, _ := json.Marshal(apierror.Body{Error: apierror.Detail{Message: f.Message, Type: f.Type, Code: f.Code}})
-	_ = h.Chunk(data)
-}
+func (h *httpSink) fail(f *Failure) { _ = h.Chunk(f.body()) }
 
 func (h *httpSink) Complete(status int, contentType string, body []byte) error {
 	h.started = true

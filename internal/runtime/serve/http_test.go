@@ -197,34 +197,59 @@ func TestStreamFieldReadAsEnginesRead(t *testing.T) {
 	}
 }
 
-// TestOddEngineAnswers: an odd engine answer is passed on or refused, never a panic, and a
-// stream the runtime did not ask for is a 502 (it could not be metered).
+// oddAnswer is what the odd engine of TestOddEngineAnswers answers.
+type oddAnswer struct {
+	status            int
+	contentType, body string
+}
+
+// TestOddEngineAnswers: an odd engine answer is passed on or refused, never a panic; a
+// stream the runtime did not ask for is a 502 (it could not be metered); and an engine error
+// in the engine's own shape reaches the client as an OpenAI error with its message.
 func TestOddEngineAnswers(t *testing.T) {
-	var answer atomic.Pointer[string]
+	var answer atomic.Pointer[oddAnswer]
 	odd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		a := *answer.Load()
-		if strings.HasPrefix(a, "data:") {
-			w.Header().Set("Content-Type", "text/event-stream")
-		} else {
-			w.Header().Set("Content-Type", "application/json")
-		}
-		_, _ = io.WriteString(w, a)
+		a := answer.Load()
+		w.Header().Set("Content-Type", a.contentType)
+		w.WriteHeader(a.status)
+		_, _ = io.WriteString(w, a.body)
 	}))
 	t.Cleanup(odd.Close)
 	r := newRig(t, testengine.Config{}, func(o *Options) { o.Upstream = odd.URL })
 	key := r.addKey("app", nil)
 
-	notAnArray := `{"choices":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`
-	answer.Store(&notAnArray)
+	answer.Store(&oddAnswer{200, "application/json", `{"choices":0,"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}`})
 	if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusOK {
 		t.Fatalf("status %d for an answer with odd choices", resp.StatusCode)
 	}
 	if got := r.usage.total(testNS + "/app"); got != 3 {
 		t.Fatalf("recorded %d tokens, want 3", got)
 	}
-	unasked := "data: {\"choices\":[{\"delta\":{\"content\":\"free\"}}]}\n\ndata: [DONE]\n\n"
-	answer.Store(&unasked)
+
+	answer.Store(&oddAnswer{200, "text/event-stream", "data: {\"choices\":[{\"delta\":{\"content\":\"free\"}}]}\n\ndata: [DONE]\n\n"})
 	wantError(t, r.post(RouteChatCompletions, key, chatBody), http.StatusBadGateway, "upstream_error")
+
+	for _, tc := range []struct {
+		engine      oddAnswer
+		wantType    string
+		wantMessage string
+	}{
+		{oddAnswer{422, "application/json", `{"error":"Input validation error: max_tokens must be <= 4096","error_type":"validation"}`}, apierror.TypeInvalidRequest, "Input validation error: max_tokens must be <= 4096"},
+		{oddAnswer{500, "text/plain", "CUDA out of memory\n"}, apierror.TypeServer, "CUDA out of memory"},
+		{oddAnswer{503, "text/html", ""}, apierror.TypeServer, "the engine answered 503 Service Unavailable"},
+	} {
+		answer.Store(&tc.engine)
+		body := wantError(t, r.post(RouteChatCompletions, key, chatBody), tc.engine.status, "upstream_error")
+		if body.Error.Type != tc.wantType || body.Error.Message != tc.wantMessage {
+			t.Errorf("engine %d %q: client saw %+v, want type %q and message %q", tc.engine.status, tc.engine.body, body.Error, tc.wantType, tc.wantMessage)
+		}
+	}
+	// An OpenAI-shaped engine error is passed through as the engine wrote it.
+	answer.Store(&oddAnswer{400, "application/json", `{"error":{"message":"bad temperature","type":"BadRequestError","param":"temperature","code":400}}`})
+	data, _ := io.ReadAll(r.post(RouteChatCompletions, key, chatBody).Body)
+	if string(data) != answer.Load().body {
+		t.Errorf("an OpenAI-shaped engine error became %s", data)
+	}
 }
 
 func TestEngineFailures(t *testing.T) {

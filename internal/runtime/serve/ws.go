@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -587,6 +589,9 @@ func engineFailure(status int, body []byte) *Failure {
 		case v.Message != "":
 			f.Message = v.Message
 		}
+	}
+	if text := bytes.TrimSpace(body); f.Message == "" && len(text) > 0 && text[0] != '{' && utf8.Valid(text) {
+		f.Message = string(text) // a plain-text error ("CUDA out of memory")
 	}
 	if f.Message == "" {
 		f.Message = fmt.Sprintf("the engine answered %d %s", status, http.StatusText(status))
