@@ -35,6 +35,7 @@ func TestInferenceModelValidation(t *testing.T) {
 		{name: "gateway endpoint", mutate: set("spec.endpoint", map[string]any{"host": "llama.example.com", "gatewayRef": map[string]any{"name": "edge"}})},
 		{name: "custom engine with image", mutate: set("spec.engine", map[string]any{"type": "Custom", "image": "ghcr.io/acme/engine:1"})},
 		{name: "same model.name on update", mutate: set("spec.model.name", "llama-8b"), onUpdate: set("spec.replicas", 3)},
+		{name: "browser origins", mutate: set("spec.auth.allowedOrigins", []any{"app.example.com", "*.example.com", "https://chat.example.com", "http://localhost:3000"})},
 
 		// Rejected at create.
 		{name: "unknown URI scheme", mutate: set("spec.model.uri", "ftp://models/llama"), wantErrs: []string{"spec.model.uri", "must start with hf://"}},
@@ -72,6 +73,10 @@ func TestInferenceModelValidation(t *testing.T) {
 		{name: "unknown issuer kind", mutate: set("spec.endpoint", map[string]any{"host": "llama.example.com", "tls": map[string]any{"issuerRef": map[string]any{"name": "le", "kind": "Vault"}}}), wantErrs: []string{"spec.endpoint.tls.issuerRef.kind"}},
 		{name: "zero edge rate limit", mutate: set("spec.endpoint", map[string]any{"host": "llama.example.com", "rateLimit": map[string]any{"requestsPerSecond": 0}}), wantErrs: []string{"spec.endpoint.rateLimit.requestsPerSecond"}},
 		{name: "unknown auth mode", mutate: set("spec.auth.mode", "Basic"), wantErrs: []string{"spec.auth.mode", "Unsupported value"}},
+		{name: "any origin", mutate: set("spec.auth.allowedOrigins", []any{"*"}), wantErrs: []string{"spec.auth.allowedOrigins", "any page on the web"}},
+		{name: "any https origin", mutate: set("spec.auth.allowedOrigins", []any{"https://*"}), wantErrs: []string{"spec.auth.allowedOrigins", "wildcard subdomain"}},
+		{name: "origin with a path", mutate: set("spec.auth.allowedOrigins", []any{"https://app.example.com/chat"}), wantErrs: []string{"spec.auth.allowedOrigins"}},
+		{name: "origin listed twice", mutate: set("spec.auth.allowedOrigins", []any{"app.example.com", "app.example.com"}), wantErrs: []string{"spec.auth.allowedOrigins", "Duplicate"}},
 		{name: "name too long for a Service", mutate: set("metadata.name", strings.Repeat("m", 53)), wantErrs: []string{"metadata.name", "at most 52 characters"}},
 		{name: "name starting with a digit", mutate: set("metadata.name", "8b-model"), wantErrs: []string{"metadata.name", "start with a letter"}},
 

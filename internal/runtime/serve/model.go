@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	"k8s.io/apimachinery/pkg/fields"
@@ -26,6 +27,8 @@ type modelState struct {
 	ready int32
 	// known is false until the InferenceModel has been read.
 	known bool
+	// origins is spec.auth.allowedOrigins: browser origins allowed on the WebSocket.
+	origins []string
 }
 
 // modelWatch keeps the latest modelState of one InferenceModel.
@@ -49,7 +52,8 @@ func (w *modelWatch) set(m *servingv1alpha1.InferenceModel) {
 	if mode == "" {
 		mode = servingv1alpha1.AuthModeAPIKeyOrJWT
 	}
-	w.state.Store(&modelState{name: m.ServedModelName(), mode: mode, ready: m.Status.ReadyReplicas, known: true})
+	w.state.Store(&modelState{name: m.ServedModelName(), mode: mode, ready: m.Status.ReadyReplicas, known: true,
+		origins: slices.Clone(m.Spec.Auth.AllowedOrigins)})
 }
 
 // synced is true once the initial list has been seen (the model itself may still be absent).

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +51,8 @@ const (
 
 // WebSocketOptions tune the WebSocket front (GET /v1/stream); zero values take the defaults.
 type WebSocketOptions struct {
-	// OriginPatterns are the browser origins allowed besides the runtime's own host, as host
+	// OriginPatterns are the browser origins allowed besides the runtime's own host (and
+	// besides the InferenceModel's spec.auth.allowedOrigins, which are added), as host
 	// patterns matched with path.Match ("app.example.com", "*.example.com"), or with a scheme
 	// ("https://app.example.com") to match scheme and host. Empty allows same-origin pages
 	// only. Requests without an Origin header (non-browser clients) are always allowed: they
@@ -104,7 +106,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:   []string{WebSocketSubprotocol},
-		OriginPatterns: s.opts.WebSocket.OriginPatterns,
+		OriginPatterns: append(slices.Clip(s.opts.WebSocket.OriginPatterns), s.model.Load().origins...),
 	})
 	if err != nil {
 		return // Accept answered: 403 for a foreign Origin, 426/400 for a bad handshake

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
@@ -245,6 +246,23 @@ func TestWebSocketRefusedBeforeUpgrade(t *testing.T) {
 	c := r2.wsDialKey(r2.addKey("app", nil), &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://app.example"}}})
 	wsSend(t, c, chatBody)
 	wantStream(t, readAnswer(t, c), 3, 5)
+
+	// ...or by the InferenceModel's spec.auth.allowedOrigins, followed as it changes.
+	r.s.model.set(&servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel},
+		Spec:       servingv1alpha1.InferenceModelSpec{Auth: servingv1alpha1.AuthSpec{AllowedOrigins: []string{"evil.example"}}},
+		Status:     servingv1alpha1.InferenceModelStatus{ReadyReplicas: 1},
+	})
+	c = r.wsDialKey(key, &websocket.DialOptions{HTTPHeader: http.Header{"Origin": {"https://evil.example"}}})
+	wsSend(t, c, chatBody)
+	wantStream(t, readAnswer(t, c), 3, 5)
+	_, resp, err = websocket.Dial(t.Context(), r.wsURL(""), &websocket.DialOptions{
+		Subprotocols: []string{WebSocketSubprotocol, "bearer." + key},
+		HTTPHeader:   http.Header{"Origin": {"https://other.example"}},
+	})
+	if err == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("an origin the model does not list: %v %v", err, resp)
+	}
 }
 
 func TestWebSocketErrorsKeepTheConnection(t *testing.T) {
