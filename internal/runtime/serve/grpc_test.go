@@ -397,7 +397,7 @@ func TestGRPCPanicIsOneCallsError(t *testing.T) {
 	if status.Code(err) != codes.Internal {
 		t.Fatalf("stream panic: %v, want Internal", err)
 	}
-	if err := r.s.recoverStream(nil, nil, &grpc.StreamServerInfo{}, func(any, grpc.ServerStream) error { return io.EOF }); err != io.EOF {
+	if err := r.s.recoverStream(nil, nil, &grpc.StreamServerInfo{}, func(any, grpc.ServerStream) error { return io.EOF }); !errors.Is(err, io.EOF) {
 		t.Fatalf("a handler's own error became %v", err)
 	}
 }
