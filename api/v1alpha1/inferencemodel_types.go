@@ -377,14 +377,15 @@ type AuthSpec struct {
 
 	// allowedOrigins are the browser origins whose pages may open the WebSocket stream
 	// (GET /v1/stream), besides pages of the runtime's own host: a host ("app.example.com",
-	// "localhost:3000"), a wildcard subdomain ("*.example.com"), or a scheme and host
+	// "localhost:3000"), a wildcard subdomain of a domain ("*.example.com"; "*" matches
+	// dots too, so it covers every level below), or a scheme and host
 	// ("https://app.example.com"). Clients that send no Origin (SDKs, curl) are not
 	// subject to it. The runtimes follow changes without a restart.
 	// +optional
 	// +listType=set
 	// +kubebuilder:validation:MaxItems=32
 	// +kubebuilder:validation:items:MaxLength=261
-	// +kubebuilder:validation:XValidation:rule="self.all(o, o.matches('^(https?://)?([*][.])?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$'))",message="allowedOrigins: each must be a host (app.example.com), a wildcard subdomain (*.example.com) or scheme://host; a bare '*' would let any page on the web use a visitor's credential"
+	// +kubebuilder:validation:XValidation:rule="self.all(o, o.matches('^(https?://)?([*][.][A-Za-z0-9-]+[.])?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?(:[0-9]{1,5})?$'))",message="allowedOrigins: each must be a host (app.example.com), a wildcard subdomain of a domain (*.example.com, not *.com) or scheme://host; '*' would let any page on the web use a visitor's credential"
 	AllowedOrigins []string `json:"allowedOrigins,omitempty"`
 }
 

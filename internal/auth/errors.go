@@ -26,8 +26,9 @@ const (
 // Message never contains the presented credential: the messages are fixed strings (or name a
 // model or scope), so an Error is safe to log and to return to the client.
 //
-// The refusals of Authenticate are shared package values, so returning one allocates nothing
-// and errors.Is(err, ErrInvalidAPIKey) works; treat them as read-only.
+// The refusals of Authenticate are shared package values, treated as read-only, so an
+// unknown credential's refusal allocates nothing; a known key's refusal (suspended, expired,
+// quota) is a copy that names the key ID. errors.Is(err, ErrQuotaExceeded) matches either.
 type Error struct {
 	// Status is the HTTP status: 401, 403, 429 or 431.
 	Status int
@@ -48,7 +49,7 @@ type Error struct {
 // errors.Is(err, ErrQuotaExceeded) holds for a copy that carries its own RetryAfter.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	return ok && e.Status == t.Status && e.Code == t.Code && e.Message == t.Message
+	return ok && e != nil && t != nil && e.Status == t.Status && e.Code == t.Code && e.Message == t.Message
 }
 
 func (e *Error) Error() string { return e.Message }

@@ -75,6 +75,8 @@ func TestInferenceModelValidation(t *testing.T) {
 		{name: "unknown auth mode", mutate: set("spec.auth.mode", "Basic"), wantErrs: []string{"spec.auth.mode", "Unsupported value"}},
 		{name: "any origin", mutate: set("spec.auth.allowedOrigins", []any{"*"}), wantErrs: []string{"spec.auth.allowedOrigins", "any page on the web"}},
 		{name: "any https origin", mutate: set("spec.auth.allowedOrigins", []any{"https://*"}), wantErrs: []string{"spec.auth.allowedOrigins", "wildcard subdomain"}},
+		{name: "every .com origin", mutate: set("spec.auth.allowedOrigins", []any{"*.com"}), wantErrs: []string{"spec.auth.allowedOrigins", "not *.com"}},
+		{name: "every https .io origin", mutate: set("spec.auth.allowedOrigins", []any{"https://*.io"}), wantErrs: []string{"spec.auth.allowedOrigins"}},
 		{name: "origin with a path", mutate: set("spec.auth.allowedOrigins", []any{"https://app.example.com/chat"}), wantErrs: []string{"spec.auth.allowedOrigins"}},
 		{name: "origin listed twice", mutate: set("spec.auth.allowedOrigins", []any{"app.example.com", "app.example.com"}), wantErrs: []string{"spec.auth.allowedOrigins", "Duplicate"}},
 		{name: "name too long for a Service", mutate: set("metadata.name", strings.Repeat("m", 53)), wantErrs: []string{"metadata.name", "at most 52 characters"}},

@@ -74,13 +74,13 @@ func upstreamFailure(status int, format string, args ...any) *Failure {
 var errNotReady = &Failure{Status: http.StatusServiceUnavailable, Type: apierror.TypeServer, Code: "not_ready",
 	Message: "the model is not ready to serve yet", Reason: "not_ready"}
 
-// writeHTTP sends f as an OpenAI error body.
 // body is f as an OpenAI error body.
 func (f *Failure) body() []byte {
 	data, _ := json.Marshal(apierror.Body{Error: apierror.Detail{Message: f.Message, Type: f.Type, Code: f.Code}})
 	return data
 }
 
+// writeHTTP sends f as an OpenAI error body.
 func (f *Failure) writeHTTP(w http.ResponseWriter) {
 	if f.RetryAfter > 0 {
 		w.Header().Set("Retry-After", retryAfterHeader(f.RetryAfter))

@@ -123,6 +123,15 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	}
 	cm := s.metrics.forCall(st.name, call.Route, p.KeyID)
 	cm.inFlight.Inc()
+	released := false
+	defer func() {
+		if !released {
+			// A panic is unwinding, which the front recovers: give back the key's
+			// concurrency slot and the gauge, or each one would hold them until a restart.
+			cm.inFlight.Dec()
+			adm.Done(0)
+		}
+	}()
 	body := call.Body
 	if stream && !wantUsage {
 		// Exact usage needs the engine's count for streams too: ask for it, and strip the
@@ -134,6 +143,7 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 		uc.deadline = dl
 	}
 	out, fail := s.forward(uc, st, call.Route, body, stream, wantUsage, sink, start)
+	released = true
 	cm.inFlight.Dec()
 	adm.Done(out.Usage.PromptTokens + out.Usage.CompletionTokens)
 	s.settle(st, p, cm, call.Route, out, fail, start)

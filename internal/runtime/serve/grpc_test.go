@@ -382,22 +382,3 @@ func TestGRPCGracefulStop(t *testing.T) {
 		t.Fatal("stop waits on the health Watch stream")
 	}
 }
-
-// TestGRPCPanicIsOneCallsError: a handler's panic fails that call with Internal, and the
-// process (every other client's calls) goes on, as net/http does for HTTP.
-func TestGRPCPanicIsOneCallsError(t *testing.T) {
-	r := newRig(t, testengine.Config{}, nil)
-	_, err := r.s.recoverUnary(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x/Unary"},
-		func(context.Context, any) (any, error) { panic("unary") })
-	if status.Code(err) != codes.Internal {
-		t.Fatalf("unary panic: %v, want Internal", err)
-	}
-	err = r.s.recoverStream(nil, nil, &grpc.StreamServerInfo{FullMethod: "/x/Stream"},
-		func(any, grpc.ServerStream) error { panic("stream") })
-	if status.Code(err) != codes.Internal {
-		t.Fatalf("stream panic: %v, want Internal", err)
-	}
-	if err := r.s.recoverStream(nil, nil, &grpc.StreamServerInfo{}, func(any, grpc.ServerStream) error { return io.EOF }); !errors.Is(err, io.EOF) {
-		t.Fatalf("a handler's own error became %v", err)
-	}
-}

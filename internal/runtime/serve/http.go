@@ -158,7 +158,13 @@ func (s *Server) serveInference(route string) http.HandlerFunc {
 		switch {
 		case fail != nil && fail.Status != 499 && !sink.started:
 			fail.writeHTTP(w)
-		case sink.streaming && !sink.ended && r.Context().Err() == nil:
+		case r.Context().Err() != nil:
+			// The client left: nobody to tell.
+		case fail == nil && !sink.started:
+			// The engine began a stream and ended it before its first chunk: nothing was
+			// written yet, so the status can say so.
+			s.brokenStream(start).writeHTTP(w)
+		case sink.streaming && !sink.ended:
 			// The engine broke the stream off, or the request timeout cut it: say so, as
 			// the WebSocket and gRPC fronts do. A plain end would read as a whole answer;
 			// OpenAI's SDKs raise an error event as an APIError.

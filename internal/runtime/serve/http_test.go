@@ -236,6 +236,7 @@ func TestOddEngineAnswers(t *testing.T) {
 	}{
 		{oddAnswer{422, "application/json", `{"error":"Input validation error: max_tokens must be <= 4096","error_type":"validation"}`}, apierror.TypeInvalidRequest, "Input validation error: max_tokens must be <= 4096"},
 		{oddAnswer{500, "text/plain", "CUDA out of memory\n"}, apierror.TypeServer, "CUDA out of memory"},
+		{oddAnswer{404, "application/json", `{"detail":"Not Found"}`}, apierror.TypeInvalidRequest, "Not Found"},
 		{oddAnswer{503, "text/html", ""}, apierror.TypeServer, "the engine answered 503 Service Unavailable"},
 	} {
 		answer.Store(&tc.engine)

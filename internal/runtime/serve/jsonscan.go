@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 )
 
 // The runtime reads three fields of each request (model, stream, stream_options) and one of
@@ -196,7 +195,9 @@ func callMember(k []byte, fields ...string) (string, error) {
 		if string(k) == f {
 			return f, nil
 		}
-		if strings.EqualFold(string(k), f) {
+		// []byte(f) of a field name is short enough to stay on the stack; string(k) of a
+		// long member name would not.
+		if bytes.EqualFold(k, []byte(f)) {
 			return "", fieldErrorf("unrecognized request argument %.64q (the field is %q)", k, f)
 		}
 	}
@@ -217,6 +218,9 @@ func jsonBool(name string, v []byte) (bool, error) {
 		return true, nil
 	case "false", "null":
 		return false, nil
+	}
+	if 'a' <= v[0] && v[0] <= 'z' {
+		return false, fmt.Errorf("invalid literal %.16q", v) // not JSON at all
 	}
 	return false, fieldErrorf("%q must be a boolean", name)
 }

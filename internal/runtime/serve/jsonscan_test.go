@@ -196,3 +196,17 @@ func TestChunkCarriesText(t *testing.T) {
 		}
 	}
 }
+
+// TestParseCallAllocatesNothing: the fast path reads every body with it, whatever the
+// member names (a long one included).
+func TestParseCallAllocatesNothing(t *testing.T) {
+	for _, body := range []string{
+		chatBody,
+		`{"model":"m","a_member_name_well_over_thirty_two_bytes_long":1,"stream":false,"stream_options":{"another_member_name_over_thirty_two_bytes":true}}`,
+	} {
+		b := []byte(body)
+		if n := testing.AllocsPerRun(100, func() { _, _, _, _ = parseCall(b) }); n != 0 {
+			t.Errorf("%d allocations reading %s", int(n), body)
+		}
+	}
+}

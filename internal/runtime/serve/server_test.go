@@ -2,9 +2,16 @@ package serve
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
 )
 
@@ -35,4 +42,91 @@ func TestShutdownFlushesUsageAfterADrainThatRanOut(t *testing.T) {
 	if err := <-u.flushed; err != nil {
 		t.Fatalf("usage flushed with a context already ended: %v", err)
 	}
+}
+
+// panickyUsage panics in its first Record, as a bug in the call path would, then records.
+type panickyUsage struct {
+	recordedUsage
+	panicked atomic.Bool
+}
+
+func (u *panickyUsage) Record(ns, name string, prompt, completion int64) {
+	if u.panicked.CompareAndSwap(false, true) {
+		panic("a bug in the call path")
+	}
+	u.recordedUsage.Record(ns, name, prompt, completion)
+}
+
+// TestAPanicEndsOneCall: a panic while a call is served ends that call (the fast path closes
+// its connection; gRPC answers Internal), not the process: the next call is served.
+func TestAPanicEndsOneCall(t *testing.T) {
+	u := &panickyUsage{recordedUsage: recordedUsage{tokens: map[string]int64{}}}
+	r := newRig(t, testengine.Config{}, func(o *Options) { o.Usage = u })
+	key := r.addKey("app", nil)
+
+	c := dialH1(t, r)
+	c.send(h1Post(RouteChatCompletions, key, h1Chat))
+	if _, err := c.br.ReadByte(); err == nil {
+		t.Fatal("the fast path answered a call that panicked")
+	}
+	if resp := r.post(RouteChatCompletions, key, chatBody); resp.StatusCode != http.StatusOK {
+		t.Fatalf("after the panic: status %d", resp.StatusCode)
+	}
+
+	u.panicked.Store(false)
+	f := r.grpc()
+	_, err := generate(withKey(t.Context(), key), f, chatRequest(5))
+	wantCode(t, err, codes.Internal)
+	if _, err := generate(withKey(t.Context(), key), f, chatRequest(5)); err != nil {
+		t.Fatalf("gRPC after the panic: %v", err)
+	}
+}
+
+// panickySink panics when the engine's answer arrives.
+type panickySink struct{}
+
+func (panickySink) Chunk([]byte) error                 { panic("sink") }
+func (panickySink) End() error                         { panic("sink") }
+func (panickySink) Complete(int, string, []byte) error { panic("sink") }
+
+// TestAPanicGivesBackTheCallsSlot: a call that panics at the engine's answer gives back its
+// key's concurrency slot and the in-flight gauge, or a key with maxConcurrent 1 would be
+// refused until a restart.
+func TestAPanicGivesBackTheCallsSlot(t *testing.T) {
+	r := newRig(t, testengine.Config{}, nil)
+	p, fail := r.s.Authenticate("Bearer " + r.addKey("one", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.RateLimit = &servingv1alpha1.KeyRateLimit{MaxConcurrent: 1}
+	}))
+	if fail != nil {
+		t.Fatal(fail)
+	}
+	func() {
+		defer func() { _ = recover() }()
+		_, _ = r.s.Exchange(context.Background(), p, Call{Route: RouteChatCompletions, Body: []byte(chatBody)}, panickySink{})
+		t.Fatal("the sink did not panic")
+	}()
+	if n := testutil.ToFloat64(r.s.metrics.InFlight.WithLabelValues(testengine.DefaultModel)); n != 0 {
+		t.Fatalf("in flight after the panic: %v", n)
+	}
+	adm, fail := r.s.limits.Admit(p)
+	if fail != nil {
+		t.Fatalf("the key's only slot is still taken: %v", fail.Message)
+	}
+	adm.Done(0)
+}
+
+// TestStreamCutBeforeItsFirstChunk: an engine that starts a stream and sends nothing before
+// the request timeout gets the client a 504, not an empty 200.
+func TestStreamCutBeforeItsFirstChunk(t *testing.T) {
+	mute := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		<-req.Context().Done()
+	}))
+	t.Cleanup(mute.Close)
+	r := newRig(t, testengine.Config{}, func(o *Options) {
+		o.Upstream, o.RequestTimeout = mute.URL, 300*time.Millisecond
+	})
+	wantError(t, r.post(RouteChatCompletions, r.addKey("app", nil), streamBody(false)), http.StatusGatewayTimeout, "upstream_error")
 }

@@ -569,6 +569,7 @@ func engineFailure(status int, body []byte) *Failure {
 	var v struct {
 		Error   json.RawMessage `json:"error"`
 		Message string          `json:"message"`
+		Detail  json.RawMessage `json:"detail"` // FastAPI's (vLLM's routes): a string, or validation errors
 	}
 	if json.Unmarshal(body, &v) == nil {
 		var d struct {
@@ -590,6 +591,10 @@ func engineFailure(status int, body []byte) *Failure {
 			f.Message = msg
 		case v.Message != "":
 			f.Message = v.Message
+		case json.Unmarshal(v.Detail, &msg) == nil && msg != "":
+			f.Message = msg
+		case len(v.Detail) > 0 && v.Detail[0] == '[':
+			f.Message = string(v.Detail) // the validation errors as the engine listed them
 		}
 	}
 	if text := bytes.TrimSpace(body); f.Message == "" && len(text) > 0 && text[0] != '{' && utf8.Valid(text) {
