@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 )
 
 // The runtime reads three fields of each request (model, stream, stream_options) and one of
@@ -195,9 +196,11 @@ func callMember(k []byte, fields ...string) (string, error) {
 		if string(k) == f {
 			return f, nil
 		}
+		// Most members differ in their first byte already: an ASCII one folds only to the
+		// same letter (fields are lower case), a non-ASCII one ("ſtream") is compared whole.
 		// []byte(f) of a field name is short enough to stay on the stack; string(k) of a
 		// long member name would not.
-		if bytes.EqualFold(k, []byte(f)) {
+		if len(k) > 0 && (k[0] >= utf8.RuneSelf || k[0]|0x20 == f[0]) && bytes.EqualFold(k, []byte(f)) {
 			return "", fieldErrorf("unrecognized request argument %.64q (the field is %q)", k, f)
 		}
 	}
