@@ -216,10 +216,17 @@ func (s *Server) forward(call upCall, st *modelState, route string, body []byte,
 	defer func() { _ = resp.Body.Close() }()
 	if stream && resp.StatusCode == http.StatusOK && isEventStream(resp.ContentType) {
 		u, err := s.relayStream(st, resp.Body, wantUsage, sink, start)
-		if err != nil && !errors.Is(err, errClientGone) {
+		out := Outcome{Status: http.StatusOK, Usage: u, streamEnded: err == nil}
+		// requests_total counts a stream by how it ended, though its 200 went out first.
+		switch {
+		case err == nil:
+		case errors.Is(err, errClientGone) || clientLeft(call):
+			out.Status = 499
+		default:
 			s.metrics.UpstreamErrors.WithLabelValues(st.name, "stream").Inc()
+			out.Status = s.brokenStream(start).Status
 		}
-		return Outcome{Status: http.StatusOK, Usage: u, streamEnded: err == nil}, nil
+		return out, nil
 	}
 	if !stream && resp.StatusCode == http.StatusOK && isEventStream(resp.ContentType) {
 		// The engine read a stream in a call the runtime read as none (parseCall refuses
@@ -279,7 +286,7 @@ func errAnswerTooLarge() *Failure {
 // the request timeout is 504; anything else (refused, reset) is 502.
 func (s *Server) upstreamError(st *modelState, call upCall, err error) *Failure {
 	switch {
-	case errors.Is(context.Cause(call.ctx), context.Canceled) || call.abort.isAborted():
+	case clientLeft(call):
 		return &Failure{Status: 499, Type: "client_closed", Code: "client_closed", Message: "client closed the request", Reason: "client_closed"}
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || errors.Is(call.ctx.Err(), context.DeadlineExceeded):
 		s.metrics.UpstreamErrors.WithLabelValues(st.name, "timeout").Inc()
@@ -287,6 +294,12 @@ func (s *Server) upstreamError(st *modelState, call upCall, err error) *Failure 
 	}
 	s.metrics.UpstreamErrors.WithLabelValues(st.name, "connect").Inc()
 	return upstreamFailure(http.StatusBadGateway, "the engine is unreachable: %v", unwrapURLError(err))
+}
+
+// clientLeft reports whether call ended because its client went away (not the engine's
+// fault, and not the request timeout, which is a deadline).
+func clientLeft(call upCall) bool {
+	return errors.Is(context.Cause(call.ctx), context.Canceled) || call.abort.isAborted()
 }
 
 // unwrapURLError drops the URL from a client error: it is the engine's loopback address,

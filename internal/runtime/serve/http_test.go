@@ -285,6 +285,9 @@ func TestBrokenStreamEndsWithAnErrorEvent(t *testing.T) {
 	if !ok || last["code"] != "upstream_error" || !strings.Contains(last["message"].(string), "did not finish") {
 		t.Fatalf("last event %v, want the timeout's error", chunks[len(chunks)-1])
 	}
+	if want := "helixflow_runtime_requests_total code=504"; !strings.Contains(r.series(), want) {
+		t.Fatalf("the cut stream is not counted as 504:\n%s", r.series())
+	}
 }
 
 func TestConcurrencyLimitAndRetryAfter(t *testing.T) {

@@ -277,4 +277,10 @@ func TestCutStreamIsChargedItsChunks(t *testing.T) {
 	if n := testutil.ToFloat64(r.s.metrics.StreamsWithoutUsage.WithLabelValues(testengine.DefaultModel)); n != 1 {
 		t.Fatalf("streams_without_usage = %v, want 1", n)
 	}
+	if want := "helixflow_runtime_requests_total code=499"; !strings.Contains(r.series(), want) {
+		t.Fatalf("the stream the client left is not counted as 499:\n%s", r.series())
+	}
+	if strings.Contains(r.series(), "helixflow_runtime_upstream_errors_total") {
+		t.Fatalf("a client leaving counted as an engine failure:\n%s", r.series())
+	}
 }
