@@ -78,7 +78,7 @@ func DefaultConfig() Config {
 	return Config{
 		RuntimeImage:  "ghcr.io/helixflow/runtime:latest",
 		EngineImages:  DefaultEngineImages(),
-		UsageEndpoint: "helixflow-manager.helixflow-system.svc:9443",
+		UsageEndpoint: "helixflow-usage.helixflow-system.svc:9443", // the Service of config/ and the chart
 		ClusterDomain: "cluster.local",
 		// Reconciles mostly wait on the API server. Measured with test/bench/reconcile on 2
 		// cores: 2 -> 25 models/s, 4 -> 29, 8 -> 37, 16 and 32 no better (the API server is

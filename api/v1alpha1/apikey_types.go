@@ -231,11 +231,12 @@ type KeyUsage struct {
 	// reporters is the last batch the usage aggregator applied to this key from each runtime
 	// process, written together with the counts so that a batch sent again (its
 	// acknowledgement lost, or the manager restarted) is not counted twice. Entries not
-	// updated for an hour are dropped, and the oldest beyond 64.
+	// updated for an hour are dropped, and the oldest beyond 1024 (runtime processes that
+	// reported the key within the hour).
 	// +optional
 	// +listType=map
 	// +listMapKey=id
-	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:MaxItems=1024
 	Reporters []UsageReporter `json:"reporters,omitempty"`
 }
 

@@ -262,7 +262,8 @@ func (x *Index) removeEntries(rec *keyRecord) {
 // newKeyRecord builds the immutable record and the prebuilt principals of ak.
 func newKeyRecord(ak *servingv1alpha1.ApiKey) (*keyRecord, error) {
 	policy := ak.DeepCopy()
-	// Only spec and conditions matter to KeyRefusal; with 100,000 keys the rest is weight.
+	// Only spec, conditions and the usage counts matter to KeyRefusal; with 100,000 keys the
+	// rest is weight (the usage reporters are dropped by the cache's transform already).
 	policy.ManagedFields, policy.Annotations = nil, nil
 	rec := &keyRecord{ak: policy, base: basePrincipal(policy)}
 	var errs []error

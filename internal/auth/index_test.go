@@ -306,3 +306,19 @@ func TestIndexConcurrentUpdates(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+// TestRuntimeCacheDropsUsageReporters: the runtimes cache ApiKeys without the usage
+// reporters (up to 1024 entries a key, rewritten by every usage write) and with the counts.
+func TestRuntimeCacheDropsUsageReporters(t *testing.T) {
+	ak := makeApiKey("k").QuotaUsedUp().Obj()
+	ak.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "helixflow-manager"}}
+	ak.Status.Usage.Reporters = []servingv1alpha1.UsageReporter{{ID: "runtime-a", Seq: 3}}
+	out, err := stripForRuntime(ak)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(*servingv1alpha1.ApiKey)
+	if got.Status.Usage.Reporters != nil || got.ManagedFields != nil || got.Status.Usage.Tokens != 1000 {
+		t.Fatalf("cached %+v, managed fields %v", got.Status.Usage, got.ManagedFields)
+	}
+}

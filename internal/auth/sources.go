@@ -57,8 +57,18 @@ func sourceCacheOptions(namespace string) cache.Options {
 			// Only the JWKS: a runtime has no business caching the namespace's other ConfigMaps.
 			&corev1.ConfigMap{}: {Field: fields.OneTermEqualSelector("metadata.name", JWKSConfigMapName)},
 		},
-		DefaultTransform: cache.TransformStripManagedFields(),
+		DefaultTransform: stripForRuntime,
 	}
+}
+
+// stripForRuntime drops what a runtime never reads from the objects it caches: managed
+// fields, and an ApiKey's usage reporters (up to 1024 entries, rewritten with each usage
+// write; the runtime reads only the counts).
+func stripForRuntime(obj any) (any, error) {
+	if ak, ok := obj.(*servingv1alpha1.ApiKey); ok && ak.Status.Usage != nil {
+		ak.Status.Usage.Reporters = nil
+	}
+	return cache.TransformStripManagedFields()(obj)
 }
 
 func (s *Sources) register(ctx context.Context, c cache.Cache, obj client.Object, h toolscache.ResourceEventHandler) error {

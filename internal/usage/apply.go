@@ -15,8 +15,11 @@ const (
 	// ReporterTTL is how long a reporter's last seq is kept on a key after its last batch. A
 	// runtime gone that long does not resend anything, so its entry protects nothing any more.
 	ReporterTTL = time.Hour
-	// MaxReporters is the most reporter entries kept per key (the CRD's MaxItems).
-	MaxReporters = 64
+	// MaxReporters is the most reporter entries kept per key (the CRD's MaxItems). The
+	// entries of one write all count as the most recent, so a batch stays protected from a
+	// second count as long as at most this many runtime processes report the key in one
+	// flush; beyond that, the oldest entries go.
+	MaxReporters = 1024
 )
 
 // entry is one reporter's counts for one key from one batch.
@@ -52,8 +55,10 @@ func applyEntries(ak *servingv1alpha1.ApiKey, entries []entry, now time.Time) ap
 			res.duplicates++
 			continue
 		}
-		if u.WindowStart == nil || !u.WindowStart.Equal(&start) {
-			// A new window: what was counted belongs to the previous one.
+		if u.WindowStart == nil || u.WindowStart.Before(&start) {
+			// A new window: what was counted belongs to the previous one. Never back: a
+			// replica whose clock is behind at the boundary counts into the window already
+			// started, rather than reset it and lose what it held.
 			u.WindowStart, u.Tokens, u.Requests = &start, 0, 0
 		}
 		u.Tokens, u.Requests = addCapped(u.Tokens, e.tokens), addCapped(u.Requests, e.requests)

@@ -64,13 +64,49 @@ func TestApplyEntriesNewWindow(t *testing.T) {
 	}
 }
 
+// TestApplyEntriesNeverMovesTheWindowBack: at a window's start, a manager replica whose clock
+// is a second behind counts into the window already started instead of resetting it.
+func TestApplyEntriesNeverMovesTheWindowBack(t *testing.T) {
+	day := func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.Quota = &servingv1alpha1.TokenQuota{Tokens: 1000, Window: servingv1alpha1.QuotaWindowDay}
+	}
+	ak := &servingv1alpha1.ApiKey{}
+	day(ak)
+	midnight := time.Date(2026, 3, 11, 0, 0, 0, 0, time.UTC)
+	applyEntries(ak, []entry{{reporter: "a", seq: 1, tokens: 5}}, midnight)
+	applyEntries(ak, []entry{{reporter: "b", seq: 1, tokens: 7}}, midnight.Add(-time.Second)) // behind
+	applyEntries(ak, []entry{{reporter: "a", seq: 2, tokens: 3}}, midnight.Add(time.Second))
+	if u := ak.Status.Usage; u.Tokens != 15 || !u.WindowStart.Time.Equal(midnight) {
+		t.Fatalf("usage %d tokens from %v, want 15 from %v", u.Tokens, u.WindowStart, midnight)
+	}
+}
+
+// TestApplyEntriesManyReporters: every runtime process that reports a key in one flush keeps
+// its entry, so that any of them resending its batch (its acknowledgement lost) is a
+// duplicate, up to MaxReporters.
+func TestApplyEntriesManyReporters(t *testing.T) {
+	ak := &servingv1alpha1.ApiKey{}
+	var entries []entry
+	for i := range MaxReporters {
+		entries = append(entries, entry{reporter: fmt.Sprintf("runtime-%04d", i), seq: 1, tokens: 1})
+	}
+	applyEntries(ak, entries, now)
+	last := entries[len(entries)-1]
+	if res := applyEntries(ak, []entry{last}, now.Add(time.Second)); res.applied != 0 || res.duplicates != 1 {
+		t.Fatalf("a resend from the last of %d reporters: %+v", MaxReporters, res)
+	}
+	if u := ak.Status.Usage; u.Tokens != MaxReporters || len(u.Reporters) != MaxReporters {
+		t.Fatalf("%d tokens and %d reporters, want %d of each", u.Tokens, len(u.Reporters), MaxReporters)
+	}
+}
+
 func TestPruneReporters(t *testing.T) {
 	byID := map[string]servingv1alpha1.UsageReporter{
 		"stale": reporter("stale", 1, now.Add(-ReporterTTL-time.Second)),
 		"edge":  reporter("edge", 1, now.Add(-ReporterTTL)),
 	}
 	for i := range MaxReporters + 5 {
-		id := fmt.Sprintf("r%03d", i)
+		id := fmt.Sprintf("r%04d", i)
 		byID[id] = reporter(id, 1, now.Add(-time.Duration(i)*time.Second))
 	}
 	got := pruneReporters(byID, now)
@@ -78,7 +114,7 @@ func TestPruneReporters(t *testing.T) {
 		t.Fatalf("%d reporters kept, want %d", len(got), MaxReporters)
 	}
 	for i, r := range got {
-		if want := fmt.Sprintf("r%03d", i); r.ID != want {
+		if want := fmt.Sprintf("r%04d", i); r.ID != want {
 			t.Fatalf("reporter %d is %s, want %s (the most recent, sorted by id)", i, r.ID, want)
 		}
 	}
