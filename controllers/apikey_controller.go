@@ -294,13 +294,38 @@ func (r *ApiKeyReconciler) writeStatus(ctx context.Context, ak *servingv1alpha1.
 	return nil
 }
 
-// SetupWithManager watches ApiKeys (spec and the rotate annotation) and their Secrets.
+// SetupWithManager watches ApiKeys (spec, the rotate annotation, and the QuotaExhausted
+// condition the usage aggregator sets) and their Secrets.
 func (r *ApiKeyReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&servingv1alpha1.ApiKey{}, builder.WithPredicates(predicate.Or(
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, quotaConditionChanged))).
 		// A generated Secret deleted or edited brings its ApiKey back; its creation is our own.
 		Owns(&corev1.Secret{}, builder.WithPredicates(predicate.Funcs{CreateFunc: func(event.CreateEvent) bool { return false }})).
 		Named("apikey").
 		Complete(r)
+}
+
+// quotaConditionChanged passes the status updates that change what Ready says: the usage
+// aggregator setting QuotaExhausted when the last allowed token is counted. The aggregator's
+// other writes (the counts, every few seconds) do not pass.
+var quotaConditionChanged = predicate.Funcs{
+	CreateFunc:  func(event.CreateEvent) bool { return false },
+	DeleteFunc:  func(event.DeleteEvent) bool { return false },
+	GenericFunc: func(event.GenericEvent) bool { return false },
+	UpdateFunc: func(e event.UpdateEvent) bool {
+		old, okOld := e.ObjectOld.(*servingv1alpha1.ApiKey)
+		cur, okNew := e.ObjectNew.(*servingv1alpha1.ApiKey)
+		if !okOld || !okNew {
+			return false
+		}
+		return quotaCondition(old) != quotaCondition(cur)
+	},
+}
+
+func quotaCondition(ak *servingv1alpha1.ApiKey) metav1.ConditionStatus {
+	if c := meta.FindStatusCondition(ak.Status.Conditions, servingv1alpha1.ApiKeyConditionQuotaExhausted); c != nil {
+		return c.Status
+	}
+	return metav1.ConditionUnknown
 }

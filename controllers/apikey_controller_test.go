@@ -224,6 +224,31 @@ func TestApiKeySuspendAndExpiry(t *testing.T) {
 	eventually(t, "KeyExpired warning", func() error { return hasEvent(ns, "e", servingv1alpha1.ApiKeyReasonKeyExpired) })
 }
 
+// TestApiKeyReadyFollowsTheAggregatorsQuotaCondition: the usage aggregator sets only
+// QuotaExhausted (a status write); Ready follows it, so kubectl wait and kubectl get say what
+// the runtimes enforce.
+func TestApiKeyReadyFollowsTheAggregatorsQuotaCondition(t *testing.T) {
+	startManager(t)
+	ns := newNamespace(t, nil)
+	createApiKey(t, ns, "q", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.Quota = &servingv1alpha1.TokenQuota{Tokens: 100, Window: servingv1alpha1.QuotaWindowDay}
+	})
+	waitApiKey(t, ns, "q", readyIs(metav1.ConditionTrue, servingv1alpha1.ApiKeyReasonKeyActive))
+	// What the aggregator writes when it counts the last allowed token.
+	eventually(t, "the aggregator's status write", func() error {
+		ak := &servingv1alpha1.ApiKey{}
+		if err := get(ak, ns, "q"); err != nil {
+			return err
+		}
+		now := time.Now()
+		start := metav1.NewTime(auth.QuotaWindowStart(servingv1alpha1.QuotaWindowDay, now))
+		ak.Status.Usage = &servingv1alpha1.KeyUsage{WindowStart: &start, Tokens: 100, Requests: 4}
+		auth.SetQuotaCondition(&ak.Status, ak, now)
+		return env.Client.Status().Update(context.Background(), ak)
+	})
+	waitApiKey(t, ns, "q", readyIs(metav1.ConditionFalse, servingv1alpha1.ApiKeyReasonQuotaExhausted))
+}
+
 func TestApiKeyRotationWithGrace(t *testing.T) {
 	grace := 4 * time.Second
 	startManagerWith(t, apiKeyTestConfig(grace), nil)

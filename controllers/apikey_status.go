@@ -115,7 +115,9 @@ func apiKeyRequeue(ak *servingv1alpha1.ApiKey, st servingv1alpha1.ApiKeyStatus, 
 	for _, p := range st.PreviousKeys {
 		consider(p.ValidUntil.Time)
 	}
-	if q := ak.Spec.Quota; q != nil && st.Usage != nil {
+	if q := ak.Spec.Quota; q != nil {
+		// Also before any usage: the aggregator writes the first counts, and the condition
+		// it sets must be cleared when the window ends even if the key is not used again.
 		consider(auth.QuotaWindowEnd(q.Window, now))
 	}
 	if ak.Spec.ExistingSecretRef != nil {
