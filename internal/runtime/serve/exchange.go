@@ -91,6 +91,8 @@ var errClientGone = errors.New("client went away")
 // engine call, the answer to sink, then usage and limits settled. HTTP, WebSocket and gRPC
 // all go through it, so the rules are the same whichever way a client comes in.
 func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sink Sink) (Outcome, *Failure) {
+	s.exchanges.Add(1)
+	defer s.exchanges.Add(-1)
 	start := time.Now()
 	st := s.model.Load()
 	fields, err := call.fields()

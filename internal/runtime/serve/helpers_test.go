@@ -101,9 +101,15 @@ func newRig(t *testing.T, cfg testengine.Config, tune func(*Options)) *rig {
 // addKey registers an ApiKey with a fresh key, as the informer would, and returns the key.
 func (r *rig) addKey(name string, mutate func(*servingv1alpha1.ApiKey)) string {
 	r.t.Helper()
+	return addKeyTo(r.t, r.s, name, mutate)
+}
+
+// addKeyTo registers an ApiKey on s, as the informer would, and returns the key.
+func addKeyTo(t *testing.T, s *Server, name string, mutate func(*servingv1alpha1.ApiKey)) string {
+	t.Helper()
 	key, keyID, err := auth.GenerateKey()
 	if err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
 	ak := &servingv1alpha1.ApiKey{
 		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: name},
@@ -113,8 +119,8 @@ func (r *rig) addKey(name string, mutate func(*servingv1alpha1.ApiKey)) string {
 	if mutate != nil {
 		mutate(ak)
 	}
-	if err := r.s.auth.Keys().Upsert(ak); err != nil {
-		r.t.Fatal(err)
+	if err := s.auth.Keys().Upsert(ak); err != nil {
+		t.Fatal(err)
 	}
 	return key
 }

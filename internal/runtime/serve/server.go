@@ -94,6 +94,7 @@ type Server struct {
 	reporter     *usage.Reporter // when the server built the usage reporter itself
 	health       engineHealth
 	draining     atomic.Bool
+	exchanges    atomic.Int64 // calls in Exchange: shutdown flushes usage once they are out
 	ws           wsHub
 	h1           *h1Front // the HTTP front, once listening
 
@@ -239,6 +240,10 @@ func (s *Server) shutdown(servers []server) {
 	for range len(servers) + 1 {
 		<-done
 	}
+	// Calls the fronts cut at the deadline are unwinding and still record their usage.
+	for until := time.Now().Add(exchangeUnwind); s.exchanges.Load() > 0 && time.Now().Before(until); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if f, ok := s.usage.(interface{ Flush(context.Context) error }); ok {
 		// Its own time: a stream that ran to the drain's deadline has used up ctx, and its
 		// tokens are among those still to report.
@@ -250,9 +255,13 @@ func (s *Server) shutdown(servers []server) {
 	}
 }
 
-// usageFlushTimeout bounds the last usage report on shutdown, after the drain's
-// --shutdown-timeout; the pods' termination grace period leaves room for both.
-const usageFlushTimeout = 10 * time.Second
+// exchangeUnwind bounds the wait for calls cut at the drain's deadline to record their
+// usage, and usageFlushTimeout the last usage report after it; the pods' termination grace
+// period (60 s) leaves room for both after --shutdown-timeout.
+const (
+	exchangeUnwind    = 5 * time.Second
+	usageFlushTimeout = 10 * time.Second
+)
 
 // server is one listening front.
 type server struct {

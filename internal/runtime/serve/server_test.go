@@ -1,18 +1,23 @@
 package serve
 
 import (
+	"bufio"
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // flushingUsage is a UsageRecorder with the reporter's Flush; it reports what state the
@@ -129,4 +134,73 @@ func TestStreamCutBeforeItsFirstChunk(t *testing.T) {
 		o.Upstream, o.RequestTimeout = mute.URL, 300*time.Millisecond
 	})
 	wantError(t, r.post(RouteChatCompletions, r.addKey("app", nil), streamBody(false)), http.StatusGatewayTimeout, "upstream_error")
+}
+
+// orderedUsage logs Record and Flush in the order they happen; Record takes a while, as a
+// call unwinding after the fronts cut it at the deadline does.
+type orderedUsage struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (u *orderedUsage) Record(_, _ string, _, _ int64) {
+	time.Sleep(300 * time.Millisecond)
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.log = append(u.log, "record")
+}
+
+func (u *orderedUsage) Flush(context.Context) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.log = append(u.log, "flush")
+	return nil
+}
+
+// TestShutdownFlushesAfterCutCallsRecord: a stream still running at --shutdown-timeout is
+// cut; its usage (recorded as the call unwinds) is in the last flush, not after it.
+func TestShutdownFlushesAfterCutCallsRecord(t *testing.T) {
+	_, engineURL := testengine.NewTestServer(t, testengine.Config{ChunkInterval: 100 * time.Millisecond})
+	addr, err := testenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &orderedUsage{}
+	opts := DefaultOptions()
+	opts.Model, opts.Namespace, opts.Upstream, opts.Usage = testengine.DefaultModel, testNS, engineURL, u
+	opts.HTTPAddress, opts.GRPCAddress, opts.MetricsAddress = addr, "0", "0"
+	opts.ShutdownTimeout = 200 * time.Millisecond
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "Bearer " + addKeyTo(t, s, "app", nil)
+	s.SetInferenceModel(&servingv1alpha1.InferenceModel{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	base := "http://" + addr
+	if err := testenv.WaitHTTP200(context.Background(), base+"/readyz", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Replace(streamBody(false), `"max_tokens":5`, `"max_tokens":100`, 1)
+	req, _ := http.NewRequest(http.MethodPost, base+RouteChatCompletions, strings.NewReader(body))
+	req.Header.Set("Authorization", key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line %q: %v", line, err)
+	}
+	cancel() // SIGTERM: the stream has 10 s to go, the drain 200 ms
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.log) != 2 || u.log[0] != "record" || u.log[1] != "flush" {
+		t.Fatalf("on shutdown: %v, want [record flush]", u.log)
+	}
 }
