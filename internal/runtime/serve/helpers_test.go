@@ -14,6 +14,7 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/test/testengine"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 const testNS = "team-a"
@@ -142,4 +143,38 @@ func (r *rig) post(route, key, body string) *http.Response {
 	}
 	r.t.Cleanup(func() { _ = resp.Body.Close() })
 	return resp
+}
+
+// runServe runs a whole runtime with Run, as `runtime serve` does (fronts, drain, usage
+// flush), with HTTP on a free port, in front of a test engine, serving the model with auth
+// mode. sigterm cancels Run, as SIGTERM does; wait returns Run's error.
+func runServe(t *testing.T, cfg testengine.Config, mode servingv1alpha1.AuthMode, tune func(*Options)) (s *Server, base string, sigterm func(), wait func() error) {
+	t.Helper()
+	_, engineURL := testengine.NewTestServer(t, cfg)
+	addr, err := testenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Model, opts.Namespace, opts.Upstream = testengine.DefaultModel, testNS, engineURL
+	opts.HTTPAddress, opts.GRPCAddress, opts.MetricsAddress = addr, "0", "0"
+	if tune != nil {
+		tune(&opts)
+	}
+	if s, err = New(opts); err != nil {
+		t.Fatal(err)
+	}
+	s.SetInferenceModel(&servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel},
+		Spec:       servingv1alpha1.InferenceModelSpec{Auth: servingv1alpha1.AuthSpec{Mode: mode}},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	base = "http://" + addr
+	if err := testenv.WaitHTTP200(context.Background(), base+"/readyz", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return s, base, cancel, func() error { return <-done }
 }

@@ -13,11 +13,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
-	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // flushingUsage is a UsageRecorder with the reporter's Flush; it reports what state the
@@ -160,29 +158,11 @@ func (u *orderedUsage) Flush(context.Context) error {
 // TestShutdownFlushesAfterCutCallsRecord: a stream still running at --shutdown-timeout is
 // cut; its usage (recorded as the call unwinds) is in the last flush, not after it.
 func TestShutdownFlushesAfterCutCallsRecord(t *testing.T) {
-	_, engineURL := testengine.NewTestServer(t, testengine.Config{ChunkInterval: 100 * time.Millisecond})
-	addr, err := testenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
 	u := &orderedUsage{}
-	opts := DefaultOptions()
-	opts.Model, opts.Namespace, opts.Upstream, opts.Usage = testengine.DefaultModel, testNS, engineURL, u
-	opts.HTTPAddress, opts.GRPCAddress, opts.MetricsAddress = addr, "0", "0"
-	opts.ShutdownTimeout = 200 * time.Millisecond
-	s, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, base, sigterm, wait := runServe(t, testengine.Config{ChunkInterval: 100 * time.Millisecond}, "", func(o *Options) {
+		o.Usage, o.ShutdownTimeout = u, 200*time.Millisecond
+	})
 	key := "Bearer " + addKeyTo(t, s, "app", nil)
-	s.SetInferenceModel(&servingv1alpha1.InferenceModel{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel}})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	base := "http://" + addr
-	if err := testenv.WaitHTTP200(context.Background(), base+"/readyz", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	body := strings.Replace(streamBody(false), `"max_tokens":5`, `"max_tokens":100`, 1)
 	req, _ := http.NewRequest(http.MethodPost, base+RouteChatCompletions, strings.NewReader(body))
 	req.Header.Set("Authorization", key)
@@ -194,8 +174,8 @@ func TestShutdownFlushesAfterCutCallsRecord(t *testing.T) {
 	if line, err := bufio.NewReader(resp.Body).ReadString('\n'); err != nil || !strings.HasPrefix(line, "data: ") {
 		t.Fatalf("first line %q: %v", line, err)
 	}
-	cancel() // SIGTERM: the stream has 10 s to go, the drain 200 ms
-	if err := <-done; err != nil {
+	sigterm() // the stream has 10 s to go, the drain 200 ms
+	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
 	u.mu.Lock()

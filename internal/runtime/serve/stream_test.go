@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
-	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // TestStreamIsNotBuffered: with an engine that sends a chunk every 100 ms, each chunk
@@ -64,30 +62,8 @@ func TestStreamIsNotBuffered(t *testing.T) {
 // TestGracefulShutdownFinishesStreams: on shutdown a stream in flight runs to its end
 // while readiness fails and new connections are refused.
 func TestGracefulShutdownFinishesStreams(t *testing.T) {
-	_, engineURL := testengine.NewTestServer(t, testengine.Config{ChunkInterval: 50 * time.Millisecond})
-	addr, err := testenv.FreeAddr()
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := DefaultOptions()
-	opts.Model, opts.Namespace, opts.Upstream = testengine.DefaultModel, testNS, engineURL
-	opts.HTTPAddress, opts.GRPCAddress, opts.MetricsAddress = addr, "0", "0"
-	opts.ShutdownTimeout = 10 * time.Second
-	s, err := New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.SetInferenceModel(&servingv1alpha1.InferenceModel{
-		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testengine.DefaultModel},
-		Spec:       servingv1alpha1.InferenceModelSpec{Auth: servingv1alpha1.AuthSpec{Mode: servingv1alpha1.AuthModeNone}},
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	base := "http://" + addr
-	if err := testenv.WaitHTTP200(context.Background(), base+"/readyz", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	_, base, sigterm, wait := runServe(t, testengine.Config{ChunkInterval: 50 * time.Millisecond}, servingv1alpha1.AuthModeNone,
+		func(o *Options) { o.ShutdownTimeout = 10 * time.Second })
 	body := strings.Replace(streamBody(false), `"max_tokens":5`, `"max_tokens":20`, 1)
 	resp, err := http.Post(base+RouteChatCompletions, "application/json", strings.NewReader(body))
 	if err != nil {
@@ -98,7 +74,7 @@ func TestGracefulShutdownFinishesStreams(t *testing.T) {
 	if err != nil || !strings.HasPrefix(first, "data: ") {
 		t.Fatalf("first line %q: %v", first, err)
 	}
-	cancel() // SIGTERM: the stream has about a second to go
+	sigterm() // the stream has about a second to go
 	rest, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatalf("stream cut on shutdown: %v", err)
@@ -106,7 +82,7 @@ func TestGracefulShutdownFinishesStreams(t *testing.T) {
 	if !strings.Contains(string(rest), "data: [DONE]") {
 		t.Fatalf("stream did not finish on shutdown: %q", rest)
 	}
-	if err := <-done; err != nil {
+	if err := wait(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := http.Get(base + "/healthz"); err == nil {
