@@ -155,6 +155,12 @@ func (s *Server) Exchange(ctx context.Context, p *auth.Principal, call Call, sin
 	return out, fail
 }
 
+// countRejection counts a request refused before the engine saw it; keyID is the caller's
+// public key ID where known (for a refused known key, the Failure names it).
+func (s *Server) countRejection(f *Failure, keyID string) {
+	s.metrics.Rejections.WithLabelValues(s.model.Load().name, f.Reason, keyID).Inc()
+}
+
 // reject counts a call refused before the engine saw it.
 func (s *Server) reject(st *modelState, p *auth.Principal, f *Failure) (Outcome, *Failure) {
 	s.metrics.Rejections.WithLabelValues(st.name, f.Reason, p.KeyID).Inc()

@@ -226,7 +226,7 @@ func (g *grpcInference) principal(ctx context.Context) (*auth.Principal, error) 
 	}
 	p, fail := g.s.Authenticate(header)
 	if fail != nil {
-		g.s.metrics.Rejections.WithLabelValues(g.s.model.Load().name, fail.Reason, fail.KeyID).Inc()
+		g.s.countRejection(fail, fail.KeyID)
 		return nil, grpcError(ctx, fail)
 	}
 	return p, nil
@@ -274,7 +274,7 @@ func (g *grpcInference) Generate(req *inferencev1.GenerateRequest, stream grpc.S
 	}
 	call, fail := generateCall(req)
 	if fail != nil {
-		g.s.metrics.Rejections.WithLabelValues(g.s.model.Load().name, fail.Reason, p.KeyID).Inc()
+		g.s.countRejection(fail, p.KeyID)
 		return grpcError(ctx, fail)
 	}
 	start := time.Now()

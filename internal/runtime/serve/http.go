@@ -82,7 +82,7 @@ func (s *Server) Authenticate(header string) (*auth.Principal, *Failure) {
 func (s *Server) authenticateHTTP(w http.ResponseWriter, r *http.Request) *auth.Principal {
 	p, fail := s.Authenticate(r.Header.Get("Authorization"))
 	if fail != nil {
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, fail.KeyID).Inc()
+		s.countRejection(fail, fail.KeyID)
 		fail.writeHTTP(w)
 		return nil
 	}
@@ -146,7 +146,7 @@ func (s *Server) serveInference(route string) http.HandlerFunc {
 		buf.Reset()
 		defer bodyPool.Put(buf)
 		if fail := s.readBody(w, r, buf); fail != nil {
-			s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, p.KeyID).Inc()
+			s.countRejection(fail, p.KeyID)
 			fail.writeHTTP(w)
 			return
 		}

@@ -168,10 +168,10 @@ func parseCall(body []byte) (model []byte, stream, wantUsage bool, err error) {
 				}); inner == nil {
 					inner = opt
 				}
-			case 'n':
-				inner = jsonNull("stream_options", v)
 			default:
-				inner = fieldErrorf(`"stream_options" must be an object`)
+				if string(v) != "null" {
+					inner = fieldErrorf(`"stream_options" must be an object`)
+				}
 			}
 		}
 		return inner == nil
@@ -226,13 +226,6 @@ func jsonBool(name string, v []byte) (bool, error) {
 		return false, fmt.Errorf("invalid literal %.16q", v) // not JSON at all
 	}
 	return false, fieldErrorf("%q must be a boolean", name)
-}
-
-func jsonNull(name string, v []byte) error {
-	if string(v) != "null" {
-		return fieldErrorf("%q must be an object", name)
-	}
-	return nil
 }
 
 // jsonStringBytes returns the content of a JSON string value; escapes are decoded (rare in
@@ -298,35 +291,27 @@ func topLevelUsage(data []byte) (u *Usage, noChoices bool) {
 // text. Each such chunk holds at least one token; streams that end without the engine's usage
 // are charged by them.
 func chunkCarriesText(data []byte) bool {
-	found := false
-	_ = scanObject(data, func(k, v []byte) bool {
-		if string(k) != "choices" {
-			return true
+	choice := firstElement(member(data, "choices"))
+	if nonEmptyString(member(choice, "text")) {
+		return true
+	}
+	delta := member(choice, "delta")
+	return nonEmptyString(member(delta, "content")) || nonEmptyString(member(delta, "reasoning_content")) ||
+		len(firstElement(member(delta, "tool_calls"))) > 0
+}
+
+// member returns the raw value of the top-level member name of the JSON object obj, or nil
+// (absent, or obj not an object).
+func member(obj []byte, name string) []byte {
+	var out []byte
+	_ = scanObject(obj, func(k, v []byte) bool {
+		if string(k) == name {
+			out = v
+			return false
 		}
-		if first := firstElement(v); len(first) > 0 && first[0] == '{' {
-			_ = scanObject(first, func(k, v []byte) bool {
-				switch string(k) {
-				case "text":
-					found = nonEmptyString(v)
-				case "delta":
-					if v[0] == '{' {
-						_ = scanObject(v, func(k, v []byte) bool {
-							switch string(k) {
-							case "content", "reasoning_content":
-								found = nonEmptyString(v)
-							case "tool_calls":
-								found = len(firstElement(v)) > 0
-							}
-							return !found
-						})
-					}
-				}
-				return !found
-			})
-		}
-		return false
+		return true
 	})
-	return found
+	return out
 }
 
 // firstElement returns the first element of the JSON array v, or nil.

@@ -100,7 +100,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	if fail != nil {
 		// Refused before the upgrade, as a normal HTTP answer: browsers and SDKs see the status.
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, fail.KeyID).Inc()
+		s.countRejection(fail, fail.KeyID)
 		fail.writeHTTP(w)
 		return
 	}
@@ -385,7 +385,7 @@ func (wc *wsConn) handle(msg []byte) (code websocket.StatusCode, reason string, 
 	}()
 	p, fail := s.Authenticate(wc.header)
 	if fail != nil {
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, fail.KeyID).Inc()
+		s.countRejection(fail, fail.KeyID)
 		wc.sendError(fail)
 		if fail.Status == http.StatusUnauthorized {
 			return websocket.StatusPolicyViolation, "credential no longer valid", true
@@ -394,7 +394,7 @@ func (wc *wsConn) handle(msg []byte) (code websocket.StatusCode, reason string, 
 	}
 	call, fail := wsCall(msg)
 	if fail != nil {
-		s.metrics.Rejections.WithLabelValues(s.model.Load().name, fail.Reason, p.KeyID).Inc()
+		s.countRejection(fail, p.KeyID)
 		wc.sendError(fail)
 		return 0, "", false
 	}
