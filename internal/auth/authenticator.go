@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
 
@@ -25,6 +27,9 @@ type Principal struct {
 	// Namespace and Name are the ApiKey's ("" for anonymous).
 	Namespace string
 	Name      string
+	// UID is the ApiKey's metadata.uid: usage is charged to this object, not to a key
+	// created later under the same name.
+	UID types.UID
 	// KeyID is the public key ID, safe to log and to use as a metric label.
 	KeyID string
 	// Method is APIKey, JWT or None.

@@ -314,6 +314,7 @@ func basePrincipal(ak *servingv1alpha1.ApiKey) *Principal {
 	return &Principal{
 		Namespace: ak.Namespace,
 		Name:      ak.Name,
+		UID:       ak.UID,
 		KeyID:     ak.Status.KeyID,
 		Method:    MethodAPIKey,
 		AllModels: len(ak.Spec.Models) == 0,

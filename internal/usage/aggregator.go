@@ -187,7 +187,7 @@ func (a *Aggregator) enqueue(b batch) *round {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for key, e := range b {
-		a.pending.entries[key] = append(a.pending.entries[key], e)
+		a.pending.entries[key.NamespacedName] = append(a.pending.entries[key.NamespacedName], e)
 	}
 	return a.pending
 }
@@ -264,7 +264,7 @@ func (r *round) errFor(b batch) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for key := range b {
-		if err := r.errs[key]; err != nil {
+		if err := r.errs[key.NamespacedName]; err != nil {
 			return err
 		}
 	}

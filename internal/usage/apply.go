@@ -6,6 +6,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
@@ -26,6 +27,7 @@ const (
 type entry struct {
 	reporter string
 	seq      int64
+	uid      types.UID // the ApiKey object the runtime charged; "" for any
 	tokens   int64
 	requests int64
 }
@@ -33,12 +35,15 @@ type entry struct {
 // applyResult says what applyEntries did with a key's entries.
 type applyResult struct {
 	applied, duplicates int
+	// stale counts entries for another object of the same name: one deleted since.
+	stale int
 }
 
 // applyEntries adds to ak.Status the entries whose seq is above the one recorded for their
 // reporter, records the new seqs, and sets QuotaExhausted; entries are applied in order, so a
-// resent batch queued beside its first copy counts once. ak is left untouched when every entry
-// is a duplicate.
+// resent batch queued beside its first copy counts once. Entries charged to another object
+// of the key's name (a key deleted and created again) are left out. ak is left untouched when
+// no entry applies.
 func applyEntries(ak *servingv1alpha1.ApiKey, entries []entry, now time.Time) applyResult {
 	u := &servingv1alpha1.KeyUsage{}
 	if ak.Status.Usage != nil {
@@ -51,6 +56,10 @@ func applyEntries(ak *servingv1alpha1.ApiKey, entries []entry, now time.Time) ap
 	start := metav1.NewTime(auth.QuotaWindowStart(quotaWindow(ak), now))
 	var res applyResult
 	for _, e := range entries {
+		if e.uid != "" && e.uid != ak.UID {
+			res.stale++
+			continue
+		}
 		if e.seq <= last[e.reporter] {
 			res.duplicates++
 			continue
@@ -93,7 +102,7 @@ func liveReporters(old []servingv1alpha1.UsageReporter, entries []entry, last ma
 		byID[r.ID] = r
 	}
 	for _, e := range entries {
-		if r, ok := byID[e.reporter]; !ok || r.Seq < last[e.reporter] {
+		if byID[e.reporter].Seq < last[e.reporter] { // applied: stale entries left last at 0
 			byID[e.reporter] = servingv1alpha1.UsageReporter{ID: e.reporter, Seq: last[e.reporter], LastReportTime: metav1.NewTime(now)}
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/usage/usagev1"
@@ -45,6 +46,32 @@ func TestApplyEntriesSkipsDuplicates(t *testing.T) {
 	res = applyEntries(ak, []entry{{reporter: "a", seq: 2, tokens: 1}, {reporter: "b", seq: 3, tokens: 1}}, now.Add(time.Minute))
 	if res.applied != 0 || res.duplicates != 2 || !reflect.DeepEqual(ak, before) {
 		t.Fatalf("duplicates changed the key: %+v, %+v", res, ak.Status.Usage)
+	}
+}
+
+// TestApplyEntriesSkipsAnotherObject: counts charged to an ApiKey object that was deleted
+// are not added to the key created since under the same name, and do not enter its
+// reporters; counts sent without a uid are charged by name.
+func TestApplyEntriesSkipsAnotherObject(t *testing.T) {
+	ak := &servingv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{UID: "new"}}
+	res := applyEntries(ak, []entry{
+		{reporter: "a", seq: 1, uid: "old", tokens: 100, requests: 9},
+		{reporter: "b", seq: 4, uid: "new", tokens: 5, requests: 1},
+		{reporter: "c", seq: 2, tokens: 2, requests: 1},
+	}, now)
+	if res != (applyResult{applied: 2, stale: 1}) {
+		t.Fatalf("result %+v", res)
+	}
+	u := ak.Status.Usage
+	if u.Tokens != 7 || u.Requests != 2 {
+		t.Fatalf("usage %+v, want 7 tokens and 2 requests", u)
+	}
+	if len(u.Reporters) != 2 || u.Reporters[0] != reporter("b", 4, now) || u.Reporters[1] != reporter("c", 2, now) {
+		t.Fatalf("reporters %+v, want b and c only", u.Reporters)
+	}
+	before := ak.DeepCopy()
+	if res := applyEntries(ak, []entry{{reporter: "a", seq: 2, uid: "old", tokens: 1}}, now); res != (applyResult{stale: 1}) || !reflect.DeepEqual(ak, before) {
+		t.Fatalf("stale entries changed the key: %+v", res)
 	}
 }
 
@@ -125,17 +152,20 @@ func TestPruneReporters(t *testing.T) {
 
 func TestParseBatch(t *testing.T) {
 	req := &usagev1.ReportRequest{ReporterId: "pod-1", Seq: 3, Usage: []*usagev1.KeyUsage{
-		{Namespace: "ns", ApiKey: "k", PromptTokens: 1, CompletionTokens: 2, Requests: 1},
-		{Namespace: "ns", ApiKey: "k", PromptTokens: 10, Requests: 2},
+		{Namespace: "ns", ApiKey: "k", ApiKeyUid: "u1", PromptTokens: 1, CompletionTokens: 2, Requests: 1},
+		{Namespace: "ns", ApiKey: "k", ApiKeyUid: "u1", PromptTokens: 10, Requests: 2},
+		{Namespace: "ns", ApiKey: "k", ApiKeyUid: "u2", PromptTokens: 6, Requests: 1},
 		{Namespace: "ns", ApiKey: "other.key", CompletionTokens: 4},
 	}}
 	b, err := parseBatch(req)
 	if err != nil {
 		t.Fatal(err)
 	}
+	k := types.NamespacedName{Namespace: "ns", Name: "k"}
 	want := batch{
-		{Namespace: "ns", Name: "k"}:         {reporter: "pod-1", seq: 3, tokens: 13, requests: 3},
-		{Namespace: "ns", Name: "other.key"}: {reporter: "pod-1", seq: 3, tokens: 4},
+		{k, "u1"}: {reporter: "pod-1", seq: 3, uid: "u1", tokens: 13, requests: 3},
+		{k, "u2"}: {reporter: "pod-1", seq: 3, uid: "u2", tokens: 6, requests: 1},
+		{types.NamespacedName{Namespace: "ns", Name: "other.key"}, ""}: {reporter: "pod-1", seq: 3, tokens: 4},
 	}
 	if !reflect.DeepEqual(b, want) {
 		t.Fatalf("batch %+v, want %+v", b, want)
@@ -163,6 +193,7 @@ func TestReportRefusesInvalidBatches(t *testing.T) {
 		"negative tokens":    func(r *usagev1.ReportRequest) { r.Usage[0].CompletionTokens = -1 },
 		"huge requests":      func(r *usagev1.ReportRequest) { r.Usage[0].Requests = math.MaxInt64 },
 		"nil entry is empty": func(r *usagev1.ReportRequest) { r.Usage[0] = nil },
+		"long uid":           func(r *usagev1.ReportRequest) { r.Usage[0].ApiKeyUid = strings.Repeat("u", 129) },
 	}
 	a := NewAggregator(nil, DisabledAddress)
 	for name, mutate := range cases {

@@ -20,16 +20,24 @@ const (
 	MaxBatchKeys = 4096
 	// MaxReporterIDLength caps reporter_id (the CRD's MaxLength of reporters[].id).
 	MaxReporterIDLength = 128
+	// maxUIDLength caps api_key_uid; Kubernetes UIDs are 36-character UUIDs.
+	maxUIDLength = 128
 	// maxCount caps each count of an entry: far above what one runtime serves in a batch
 	// interval, low enough that sums cannot overflow.
 	maxCount = 1 << 50
 )
 
-// batch is a validated Report: one entry per ApiKey.
-type batch map[types.NamespacedName]entry
+// batch is a validated Report: one entry per ApiKey object (name and uid).
+type batch map[batchKey]entry
 
-// parseBatch validates req and merges entries that name the same key: a batch is applied to
-// a key as a whole, so its counts for that key must be one entry.
+// batchKey names the ApiKey object an entry is for.
+type batchKey struct {
+	types.NamespacedName
+	uid types.UID
+}
+
+// parseBatch validates req and merges entries that name the same key object: a batch is
+// applied to a key as a whole, so its counts for that key must be one entry.
 func parseBatch(req *usagev1.ReportRequest) (batch, error) {
 	id := req.GetReporterId()
 	switch {
@@ -45,9 +53,10 @@ func parseBatch(req *usagev1.ReportRequest) (batch, error) {
 		if err := checkKeyUsage(u); err != nil {
 			return nil, fmt.Errorf("usage[%d]: %w", i, err)
 		}
-		key := types.NamespacedName{Namespace: u.GetNamespace(), Name: u.GetApiKey()}
+		uid := types.UID(u.GetApiKeyUid())
+		key := batchKey{types.NamespacedName{Namespace: u.GetNamespace(), Name: u.GetApiKey()}, uid}
 		e := b[key]
-		e.reporter, e.seq = id, int64(req.GetSeq())
+		e.reporter, e.seq, e.uid = id, int64(req.GetSeq()), uid
 		e.tokens = addCapped(e.tokens, addCapped(u.GetPromptTokens(), u.GetCompletionTokens()))
 		e.requests = addCapped(e.requests, u.GetRequests())
 		b[key] = e
@@ -62,6 +71,9 @@ func checkKeyUsage(u *usagev1.KeyUsage) error {
 	}
 	if errs := validation.IsDNS1123Subdomain(u.GetApiKey()); len(errs) > 0 {
 		return fmt.Errorf("api_key: %s", strings.Join(errs, "; "))
+	}
+	if len(u.GetApiKeyUid()) > maxUIDLength {
+		return fmt.Errorf("api_key_uid must be at most %d characters", maxUIDLength)
 	}
 	counts := []struct {
 		name string

@@ -21,8 +21,14 @@
 // manager restart or to another replica is therefore skipped as a duplicate, and two replicas
 // writing the same key at once are serialised by the API server's optimistic concurrency.
 // Reporter entries not updated for an hour are pruned (a runtime does not retry a batch that
-// long), and at most 64 are kept per key, the oldest dropped first: a key used through more
-// than 64 runtime processes within an hour loses the duplicate protection of the oldest.
+// long), and at most MaxReporters (1024) are kept per key, the oldest dropped first: a key
+// used through more runtime processes than that within an hour loses the duplicate
+// protection of the oldest.
+//
+// Key objects: each entry names the ApiKey's uid, that of the object the runtime
+// authenticated the requests with. An entry for another uid than the key's (a key deleted and
+// created again under the same name) is dropped, as is one for a key that no longer exists;
+// a key the cache does not have is read from the API server before that conclusion.
 //
 // Windows: the counts are per quota window (auth.QuotaWindowStart of spec.quota.window, Month
 // without a quota); the first batch applied in a new window starts the counts from zero. A

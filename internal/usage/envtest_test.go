@@ -11,9 +11,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/cluster"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -184,12 +187,12 @@ func TestQuotaExhausted(t *testing.T) {
 	startAggregator(t, addr)
 	r := startReporter(t, addr)
 
-	r.Record(ns, key.Name, 50, 9)
+	record(r, key, 50, 9)
 	flush(t, r)
 	ak := getKey(t, key)
 	checkQuota(t, ak, metav1.ConditionFalse, auth.RefusalNone)
 
-	r.Record(ns, key.Name, 40, 1)
+	record(r, key, 40, 1)
 	flush(t, r)
 	ak = getKey(t, key)
 	checkQuota(t, ak, metav1.ConditionTrue, auth.RefusalQuotaExhausted)
@@ -299,10 +302,64 @@ func TestDeletedKeyDropped(t *testing.T) {
 	addr := freeAddr(t)
 	startAggregator(t, addr)
 	r := startReporter(t, addr)
-	r.Record(ns, "gone", 5, 5)
-	r.Record(ns, key.Name, 1, 2)
+	r.Record(ns, "gone", "uid-of-gone", 5, 5)
+	record(r, key, 1, 2)
 	flush(t, r)
 	checkUsage(t, map[types.NamespacedName]counts{key: {3, 1}})
+}
+
+// Usage a runtime recorded for an ApiKey that was then deleted and created again under the
+// same name (still queued, or resent) is not charged to the new key: it is another object.
+func TestRecreatedKeyNotChargedTheOldUsage(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	old, _ := keyUIDs.Load(key)
+	addr := freeAddr(t)
+	startAggregator(t, addr)
+	r := startReporter(t, addr)
+	record(r, key, 10, 10)
+	flush(t, r)
+	checkUsage(t, map[types.NamespacedName]counts{key: {20, 1}})
+
+	if err := startEnv(t).Client.Delete(t.Context(), getKey(t, key)); err != nil {
+		t.Fatal(err)
+	}
+	createKey(t, ns, "k", nil)
+	dropped := testutil.ToFloat64(entriesTotal.WithLabelValues(resultDropped))
+	r.Record(ns, key.Name, old.(types.UID), 50, 50) // from a request the old key authenticated
+	record(r, key, 1, 2)
+	flush(t, r)
+	checkUsage(t, map[types.NamespacedName]counts{key: {3, 1}})
+	if got := testutil.ToFloat64(entriesTotal.WithLabelValues(resultDropped)) - dropped; got != 1 {
+		t.Errorf("%v entries dropped, want the old key's one", got)
+	}
+}
+
+// A key the manager's cache does not have (yet) is read from the API server before its
+// usage is dropped: a key used within moments of its creation is charged.
+func TestKeyMissingFromTheCacheIsCharged(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "new", nil)
+	e := startEnv(t)
+	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lagging := interceptor.NewClient(direct, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			if k == key {
+				return apierrors.NewNotFound(servingv1alpha1.GroupVersion.WithResource("apikeys").GroupResource(), k.Name)
+			}
+			return c.Get(ctx, k, obj, opts...)
+		},
+	})
+	addr := freeAddr(t)
+	a := NewAggregator(lagging, addr, WithFlushInterval(testFlushInterval), WithAPIReader(e.Client))
+	serve(t, a, addr)
+	r := startReporter(t, addr)
+	record(r, key, 4, 5)
+	flush(t, r)
+	checkUsage(t, map[types.NamespacedName]counts{key: {9, 1}})
 }
 
 // startCache runs a controller-runtime cluster (informer cache + clients) until the test ends.

@@ -42,6 +42,10 @@ func newNamespace(t *testing.T) string {
 	return ns.Name
 }
 
+// keyUIDs holds the uid of every ApiKey createKey made, as a runtime's cache would: usage is
+// recorded for the object.
+var keyUIDs sync.Map // types.NamespacedName -> types.UID
+
 // createKey creates an ApiKey; envtest runs no controller, and the aggregator needs none.
 func createKey(t *testing.T, ns, name string, quota *servingv1alpha1.TokenQuota) types.NamespacedName {
 	t.Helper()
@@ -50,7 +54,15 @@ func createKey(t *testing.T, ns, name string, quota *servingv1alpha1.TokenQuota)
 	if err := startEnv(t).Client.Create(t.Context(), ak); err != nil {
 		t.Fatal(err)
 	}
-	return types.NamespacedName{Namespace: ns, Name: name}
+	key := types.NamespacedName{Namespace: ns, Name: name}
+	keyUIDs.Store(key, ak.UID)
+	return key
+}
+
+// record records one request for key, charged to the object createKey made.
+func record(r *Reporter, key types.NamespacedName, prompt, completion int64) {
+	uid, _ := keyUIDs.Load(key)
+	r.Record(key.Namespace, key.Name, uid.(types.UID), prompt, completion)
 }
 
 func getKey(t *testing.T, key types.NamespacedName) *servingv1alpha1.ApiKey {
@@ -169,7 +181,7 @@ func recordMany(r *Reporter, keys []types.NamespacedName, n int, want map[types.
 	for i := range n {
 		key := keys[i%len(keys)]
 		prompt, completion := int64(i%17+1), int64(i%5)
-		r.Record(key.Namespace, key.Name, prompt, completion)
+		record(r, key, prompt, completion)
 		c := want[key]
 		want[key] = counts{c.tokens + prompt + completion, c.requests + 1}
 	}

@@ -55,9 +55,9 @@ type Reporter struct {
 	sendMu sync.Mutex
 
 	mu       sync.Mutex
-	pending  map[types.NamespacedName]*usagev1.KeyUsage // recorded, not in a batch yet
-	inflight *usagev1.ReportRequest                     // cut and maybe sent, not acknowledged
-	seq      uint64                                     // seq of the last batch cut
+	pending  map[batchKey]*usagev1.KeyUsage // recorded, not in a batch yet
+	inflight *usagev1.ReportRequest         // cut and maybe sent, not acknowledged
+	seq      uint64                         // seq of the last batch cut
 	failures uint64
 }
 
@@ -110,7 +110,7 @@ func NewReporter(endpoint, reporterID string, opts ...ReporterOption) (*Reporter
 	}
 	r := &Reporter{id: reporterID, interval: DefaultReportInterval, callTimeout: DefaultCallTimeout,
 		minBackoff: DefaultMinBackoff, maxBackoff: DefaultMaxBackoff, log: logr.Discard(),
-		pending: map[types.NamespacedName]*usagev1.KeyUsage{}}
+		pending: map[batchKey]*usagev1.KeyUsage{}}
 	for _, o := range opts {
 		o(r)
 	}
@@ -143,18 +143,20 @@ func NewReporterID() string {
 // ID is the reporter's ID.
 func (r *Reporter) ID() string { return r.id }
 
-// Record adds one request's tokens for the ApiKey namespace/apiKey to the next batch. It only
-// takes a mutex; negative counts are taken as zero, names that cannot be an ApiKey are ignored.
-func (r *Reporter) Record(namespace, apiKey string, promptTokens, completionTokens int64) {
-	if namespace == "" || apiKey == "" || len(namespace) > maxNamespaceLength || len(apiKey) > maxNameLength {
+// Record adds one request's tokens to the next batch, for the ApiKey namespace/apiKey whose
+// metadata.uid is uid (the aggregator charges that object only; "" charges any of the name).
+// It only takes a mutex; negative counts are taken as zero, names that cannot be an ApiKey
+// are ignored.
+func (r *Reporter) Record(namespace, apiKey string, uid types.UID, promptTokens, completionTokens int64) {
+	if namespace == "" || apiKey == "" || len(namespace) > maxNamespaceLength || len(apiKey) > maxNameLength || len(uid) > maxUIDLength {
 		return
 	}
-	key := types.NamespacedName{Namespace: namespace, Name: apiKey}
+	key := batchKey{types.NamespacedName{Namespace: namespace, Name: apiKey}, uid}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	u := r.pending[key]
 	if u == nil {
-		u = &usagev1.KeyUsage{Namespace: namespace, ApiKey: apiKey}
+		u = &usagev1.KeyUsage{Namespace: namespace, ApiKey: apiKey, ApiKeyUid: string(uid)}
 		r.pending[key] = u
 	}
 	u.PromptTokens = addCapped(u.PromptTokens, max(promptTokens, 0))

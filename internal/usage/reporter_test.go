@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/helixflow/helixflow/internal/usage/usagev1"
 )
@@ -69,15 +71,15 @@ func TestReporterResendsTheSameBatch(t *testing.T) {
 	r := startFake(t, f)
 	f.fail = func(call int) error {
 		if call == 1 {
-			r.Record("ns", "late", 100, 0) // recorded while batch 1 is on the wire
+			r.Record("ns", "late", "uid-1", 100, 0) // recorded while batch 1 is on the wire
 		}
 		if call <= 3 {
 			return status.Error(codes.Unavailable, "down")
 		}
 		return nil
 	}
-	r.Record("ns", "k", 3, 4)
-	r.Record("ns", "k", 1, 0)
+	r.Record("ns", "k", "uid-1", 3, 4)
+	r.Record("ns", "k", "uid-1", 1, 0)
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -86,14 +88,14 @@ func TestReporterResendsTheSameBatch(t *testing.T) {
 		t.Fatalf("%d calls, want 4 tries of batch 1 and batch 2: %v", len(got), got)
 	}
 	first := &usagev1.ReportRequest{ReporterId: "pod-1-nonce", Seq: 1, Usage: []*usagev1.KeyUsage{
-		{Namespace: "ns", ApiKey: "k", PromptTokens: 4, CompletionTokens: 4, Requests: 2}}}
+		{Namespace: "ns", ApiKey: "k", ApiKeyUid: "uid-1", PromptTokens: 4, CompletionTokens: 4, Requests: 2}}}
 	for i := range 4 {
 		if !proto.Equal(got[i], first) {
 			t.Errorf("try %d is %v, want %v", i+1, got[i], first)
 		}
 	}
 	second := &usagev1.ReportRequest{ReporterId: "pod-1-nonce", Seq: 2, Usage: []*usagev1.KeyUsage{
-		{Namespace: "ns", ApiKey: "late", PromptTokens: 100, Requests: 1}}}
+		{Namespace: "ns", ApiKey: "late", ApiKeyUid: "uid-1", PromptTokens: 100, Requests: 1}}}
 	if !proto.Equal(got[4], second) {
 		t.Errorf("batch 2 is %v, want %v", got[4], second)
 	}
@@ -102,12 +104,34 @@ func TestReporterResendsTheSameBatch(t *testing.T) {
 	}
 }
 
+// A key deleted and created again under the same name is another object: its usage is sent
+// apart from the old one's, so the aggregator can charge each to its own.
+func TestReporterKeepsKeyObjectsApart(t *testing.T) {
+	f := &fakeAggregator{}
+	r := startFake(t, f)
+	r.Record("ns", "k", "uid-old", 3, 4)
+	r.Record("ns", "k", "uid-new", 1, 0)
+	r.Record("ns", "k", "uid-new", 2, 0)
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, b := range f.received() {
+		for _, u := range b.GetUsage() {
+			got[u.GetApiKeyUid()] += u.GetPromptTokens() + u.GetCompletionTokens()
+		}
+	}
+	if want := map[string]int64{"uid-old": 7, "uid-new": 3}; !maps.Equal(got, want) {
+		t.Fatalf("tokens by ApiKey uid %v, want %v", got, want)
+	}
+}
+
 func TestReporterSplitsLargeBatches(t *testing.T) {
 	f := &fakeAggregator{}
 	r := startFake(t, f)
 	const keys = 2*reporterBatchKeys + 10
 	for i := range keys {
-		r.Record("ns", fmt.Sprint("k", i), 1, 1)
+		r.Record("ns", fmt.Sprint("k", i), "uid-1", 1, 1)
 	}
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
@@ -134,11 +158,11 @@ func TestReporterDropsInvalidBatch(t *testing.T) {
 		return nil
 	}}
 	r := startFake(t, f)
-	r.Record("ns", "k", 1, 1)
+	r.Record("ns", "k", "uid-1", 1, 1)
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	r.Record("ns", "k", 2, 2)
+	r.Record("ns", "k", "uid-1", 2, 2)
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +178,7 @@ func TestFlushEndsWithItsContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	r.Record("ns", "k", 1, 1)
+	r.Record("ns", "k", "uid-1", 1, 1)
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	err = r.Flush(ctx)
@@ -172,13 +196,14 @@ func TestRecordSkipsWhatIsNotAKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	r.Record("", "k", 1, 1)
-	r.Record("ns", "", 1, 1)
-	r.Record("ns", strings.Repeat("k", 254), 1, 1)
+	r.Record("", "k", "uid-1", 1, 1)
+	r.Record("ns", "", "uid-1", 1, 1)
+	r.Record("ns", strings.Repeat("k", 254), "uid-1", 1, 1)
+	r.Record("ns", "k", types.UID(strings.Repeat("u", 129)), 1, 1)
 	if n := r.Stats().PendingKeys; n != 0 {
 		t.Fatalf("%d keys pending", n)
 	}
-	r.Record("ns", "k", -5, 2)
+	r.Record("ns", "k", "uid-1", -5, 2)
 	b, _ := r.current()
 	if u := b.GetUsage()[0]; u.GetPromptTokens() != 0 || u.GetCompletionTokens() != 2 || u.GetRequests() != 1 {
 		t.Fatalf("usage %v", u)
@@ -215,7 +240,7 @@ func BenchmarkRecord(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
 		for pb.Next() {
-			r.Record("ns", keys[i%len(keys)], 100, 20)
+			r.Record("ns", keys[i%len(keys)], "uid-1", 100, 20)
 			i++
 		}
 	})

@@ -12,9 +12,10 @@ import (
 )
 
 // writeKey applies a key's queued entries in one status update. The first read comes from
-// the client (the manager's cache, usually current); after a conflict the key is re-read
-// from the API server and the entries are applied again to what is really stored, so the
-// duplicate check always sees the seqs of the version it replaces.
+// the client (the manager's cache, usually current); after a conflict, or when the cache
+// does not have the key (yet: it may have been created a moment ago), the key is read from
+// the API server, so the duplicate check always sees the seqs of the version it replaces
+// and usage is dropped only for a key that is really gone.
 func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, entries []entry) error {
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
@@ -22,28 +23,32 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 	for range maxWriteAttempts {
 		ak := &servingv1alpha1.ApiKey{}
 		if err := reader.Get(ctx, key, ak); err != nil {
-			if apierrors.IsNotFound(err) {
-				a.dropped(key, entries)
+			switch {
+			case apierrors.IsNotFound(err) && reader != a.reader:
+				reader = a.reader
+				continue
+			case apierrors.IsNotFound(err):
+				a.dropped(key, len(entries), "deleted")
 				return nil
 			}
 			return fmt.Errorf("reading ApiKey: %w", err)
 		}
 		res := applyEntries(ak, entries, a.now())
 		if res.applied == 0 {
-			entriesTotal.WithLabelValues(resultDuplicate).Add(float64(res.duplicates))
+			a.counted(key, res)
 			return nil
 		}
 		err := a.client.Status().Update(ctx, ak)
 		switch {
 		case err == nil:
 			entriesTotal.WithLabelValues(resultApplied).Add(float64(res.applied))
-			entriesTotal.WithLabelValues(resultDuplicate).Add(float64(res.duplicates))
+			a.counted(key, res)
 			return nil
 		case apierrors.IsConflict(err):
 			writeConflictsTotal.Inc()
 			reader = a.reader
 		case apierrors.IsNotFound(err):
-			a.dropped(key, entries)
+			a.dropped(key, len(entries), "deleted")
 			return nil
 		default:
 			return fmt.Errorf("updating ApiKey status: %w", err)
@@ -52,9 +57,18 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 	return fmt.Errorf("updating ApiKey status: still conflicting after %d attempts", maxWriteAttempts)
 }
 
+// counted records the entries of a write that were not applied: duplicates, and those for an
+// ApiKey deleted and created again under the same name.
+func (a *Aggregator) counted(key types.NamespacedName, res applyResult) {
+	entriesTotal.WithLabelValues(resultDuplicate).Add(float64(res.duplicates))
+	if res.stale > 0 {
+		a.dropped(key, res.stale, "deleted and created again")
+	}
+}
+
 // dropped discards the counts of a key that no longer exists: there is nothing to charge,
 // and keeping them would make the reporters resend forever.
-func (a *Aggregator) dropped(key types.NamespacedName, entries []entry) {
-	a.log.V(1).Info("dropping usage of a deleted ApiKey", "apiKey", key.String(), "entries", len(entries))
-	entriesTotal.WithLabelValues(resultDropped).Add(float64(len(entries)))
+func (a *Aggregator) dropped(key types.NamespacedName, entries int, why string) {
+	a.log.V(1).Info("dropping usage of a deleted ApiKey", "apiKey", key.String(), "entries", entries, "reason", why)
+	entriesTotal.WithLabelValues(resultDropped).Add(float64(entries))
 }

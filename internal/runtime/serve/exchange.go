@@ -186,7 +186,7 @@ func (s *Server) settle(st *modelState, p *auth.Principal, cm *callMetrics, rout
 	cm.prompt.Add(float64(u.PromptTokens))
 	cm.completion.Add(float64(u.CompletionTokens))
 	if p.Name != "" && s.usage != nil {
-		s.usage.Record(p.Namespace, p.Name, u.PromptTokens, u.CompletionTokens)
+		s.usage.Record(p.Namespace, p.Name, p.UID, u.PromptTokens, u.CompletionTokens)
 	}
 }
 

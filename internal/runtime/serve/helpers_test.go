@@ -10,6 +10,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
@@ -34,19 +35,31 @@ type rig struct {
 // recordedUsage collects what the runtime reports for the aggregator.
 type recordedUsage struct {
 	mu     sync.Mutex
-	tokens map[string]int64
+	tokens map[string]int64     // by namespace/name
+	uids   map[string]types.UID // the uid each namespace/name was last charged with
 }
 
-func (u *recordedUsage) Record(ns, name string, prompt, completion int64) {
+func newRecordedUsage() recordedUsage {
+	return recordedUsage{tokens: map[string]int64{}, uids: map[string]types.UID{}}
+}
+
+func (u *recordedUsage) Record(ns, name string, uid types.UID, prompt, completion int64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.tokens[ns+"/"+name] += prompt + completion
+	u.uids[ns+"/"+name] = uid
 }
 
 func (u *recordedUsage) total(key string) int64 {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.tokens[key]
+}
+
+func (u *recordedUsage) uid(key string) types.UID {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.uids[key]
 }
 
 type fakeClock struct {
@@ -65,7 +78,7 @@ func newRig(t *testing.T, cfg testengine.Config, tune func(*Options)) *rig {
 	t.Helper()
 	engine, engineURL := testengine.NewTestServer(t, cfg)
 	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 30, 0, time.UTC)}
-	usage := &recordedUsage{tokens: map[string]int64{}}
+	usage := new(newRecordedUsage())
 	opts := DefaultOptions()
 	opts.Model, opts.Namespace, opts.Upstream = testengine.DefaultModel, testNS, engineURL
 	opts.Usage, opts.Now = usage, clock.Now
@@ -113,7 +126,7 @@ func addKeyTo(t *testing.T, s *Server, name string, mutate func(*servingv1alpha1
 		t.Fatal(err)
 	}
 	ak := &servingv1alpha1.ApiKey{
-		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: name},
+		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: name, UID: types.UID(name + "-uid")},
 		Spec:       servingv1alpha1.ApiKeySpec{Scopes: []servingv1alpha1.Scope{servingv1alpha1.ScopeInference, servingv1alpha1.ScopeListModels}},
 		Status:     servingv1alpha1.ApiKeyStatus{KeyID: keyID, KeyHash: auth.HashKey(key).String()},
 	}

@@ -89,6 +89,9 @@ func TestChatCompletionCountsExactUsage(t *testing.T) {
 	if got := r.usage.total(testNS + "/app"); got != 8 {
 		t.Fatalf("recorded %d tokens for the key, want 8", got)
 	}
+	if got := r.usage.uid(testNS + "/app"); got != "app-uid" {
+		t.Fatalf("usage charged to ApiKey uid %q, want the key's own, app-uid", got)
+	}
 }
 
 func TestStreamUsageAskedOfEngineAndStripped(t *testing.T) {

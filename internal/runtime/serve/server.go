@@ -17,6 +17,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -74,9 +75,10 @@ func DefaultOptions() Options {
 	}
 }
 
-// UsageRecorder takes the tokens each key used, for the manager's usage aggregator.
+// UsageRecorder takes the tokens each key used, for the manager's usage aggregator. uid is
+// the ApiKey object's metadata.uid.
 type UsageRecorder interface {
-	Record(namespace, apiKey string, promptTokens, completionTokens int64)
+	Record(namespace, apiKey string, uid types.UID, promptTokens, completionTokens int64)
 }
 
 // Server is one runtime: the fronts, the auth caches and the engine client.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
+	"k8s.io/apimachinery/pkg/types"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
@@ -33,7 +34,7 @@ func (u *flushingUsage) Flush(ctx context.Context) error {
 // TestShutdownFlushesUsageAfterADrainThatRanOut: a stream that runs to --shutdown-timeout
 // leaves the drain's context ended; the usage flush after it still gets time of its own.
 func TestShutdownFlushesUsageAfterADrainThatRanOut(t *testing.T) {
-	u := &flushingUsage{recordedUsage: recordedUsage{tokens: map[string]int64{}}, flushed: make(chan error, 1)}
+	u := &flushingUsage{recordedUsage: newRecordedUsage(), flushed: make(chan error, 1)}
 	opts := DefaultOptions()
 	opts.Model, opts.Namespace = testengine.DefaultModel, testNS
 	opts.Usage, opts.ShutdownTimeout = u, 50*time.Millisecond
@@ -53,17 +54,17 @@ type panickyUsage struct {
 	panicked atomic.Bool
 }
 
-func (u *panickyUsage) Record(ns, name string, prompt, completion int64) {
+func (u *panickyUsage) Record(ns, name string, uid types.UID, prompt, completion int64) {
 	if u.panicked.CompareAndSwap(false, true) {
 		panic("a bug in the call path")
 	}
-	u.recordedUsage.Record(ns, name, prompt, completion)
+	u.recordedUsage.Record(ns, name, uid, prompt, completion)
 }
 
 // TestAPanicEndsOneCall: a panic while a call is served ends that call (the fast path closes
 // its connection; gRPC answers Internal), not the process: the next call is served.
 func TestAPanicEndsOneCall(t *testing.T) {
-	u := &panickyUsage{recordedUsage: recordedUsage{tokens: map[string]int64{}}}
+	u := &panickyUsage{recordedUsage: newRecordedUsage()}
 	r := newRig(t, testengine.Config{}, func(o *Options) { o.Usage = u })
 	key := r.addKey("app", nil)
 
@@ -141,7 +142,7 @@ type orderedUsage struct {
 	log []string
 }
 
-func (u *orderedUsage) Record(_, _ string, _, _ int64) {
+func (u *orderedUsage) Record(_, _ string, _ types.UID, _, _ int64) {
 	time.Sleep(300 * time.Millisecond)
 	u.mu.Lock()
 	defer u.mu.Unlock()

@@ -36,7 +36,8 @@ type ReportRequest struct {
 	// seq numbers the reporter's batches: 1 for the first, then strictly increasing by batch. A
 	// resent batch keeps its seq and content. Required (0 is invalid).
 	Seq uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
-	// usage is the batch's counts, at most one entry per ApiKey; 1 to 4096 entries.
+	// usage is the batch's counts, at most one entry per ApiKey (per namespace, api_key and
+	// api_key_uid); 1 to 4096 entries.
 	Usage         []*KeyUsage `protobuf:"bytes,3,rep,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -105,7 +106,13 @@ type KeyUsage struct {
 	// completion_tokens is the number of generated tokens charged to the key; not negative.
 	CompletionTokens int64 `protobuf:"varint,4,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
 	// requests is the number of requests charged to the key; not negative.
-	Requests      int64 `protobuf:"varint,5,opt,name=requests,proto3" json:"requests,omitempty"`
+	Requests int64 `protobuf:"varint,5,opt,name=requests,proto3" json:"requests,omitempty"`
+	// api_key_uid is the metadata.uid of the ApiKey the runtime authenticated the requests
+	// with. The aggregator charges the key only while it is that object: counts of a key that
+	// was deleted and created again under the same name are dropped, not charged to the new
+	// key. Empty charges whichever key has the name (runtimes before this field). At most 128
+	// characters. Entries for the same key with different uids are kept apart.
+	ApiKeyUid     string `protobuf:"bytes,6,opt,name=api_key_uid,json=apiKeyUid,proto3" json:"api_key_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -175,6 +182,13 @@ func (x *KeyUsage) GetRequests() int64 {
 	return 0
 }
 
+func (x *KeyUsage) GetApiKeyUid() string {
+	if x != nil {
+		return x.ApiKeyUid
+	}
+	return ""
+}
+
 // ReportResponse acknowledges a batch; it carries nothing else.
 type ReportResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -221,13 +235,14 @@ const file_helixflow_usage_v1_usage_proto_rawDesc = "" +
 	"\vreporter_id\x18\x01 \x01(\tR\n" +
 	"reporterId\x12\x10\n" +
 	"\x03seq\x18\x02 \x01(\x04R\x03seq\x122\n" +
-	"\x05usage\x18\x03 \x03(\v2\x1c.helixflow.usage.v1.KeyUsageR\x05usage\"\xaf\x01\n" +
+	"\x05usage\x18\x03 \x03(\v2\x1c.helixflow.usage.v1.KeyUsageR\x05usage\"\xcf\x01\n" +
 	"\bKeyUsage\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x17\n" +
 	"\aapi_key\x18\x02 \x01(\tR\x06apiKey\x12#\n" +
 	"\rprompt_tokens\x18\x03 \x01(\x03R\fpromptTokens\x12+\n" +
 	"\x11completion_tokens\x18\x04 \x01(\x03R\x10completionTokens\x12\x1a\n" +
-	"\brequests\x18\x05 \x01(\x03R\brequests\"\x10\n" +
+	"\brequests\x18\x05 \x01(\x03R\brequests\x12\x1e\n" +
+	"\vapi_key_uid\x18\x06 \x01(\tR\tapiKeyUid\"\x10\n" +
 	"\x0eReportResponse2b\n" +
 	"\x0fUsageAggregator\x12O\n" +
 	"\x06Report\x12!.helixflow.usage.v1.ReportRequest\x1a\".helixflow.usage.v1.ReportResponseB?Z=github.com/helixflow/helixflow/internal/usage/usagev1;usagev1b\x06proto3"

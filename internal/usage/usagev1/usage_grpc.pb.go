@@ -47,7 +47,7 @@ const (
 type UsageAggregatorClient interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
-	// no longer exist, whose counts are dropped). Any error means "send the same batch again":
+	// no longer exist, or exist under another uid, whose counts are dropped). Any error means "send the same batch again":
 	// UNAVAILABLE or DEADLINE_EXCEEDED when the counts could not be written yet,
 	// INVALID_ARGUMENT when the batch breaks the rules below (resending it will not help).
 	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
@@ -91,7 +91,7 @@ func (c *usageAggregatorClient) Report(ctx context.Context, in *ReportRequest, o
 type UsageAggregatorServer interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
-	// no longer exist, whose counts are dropped). Any error means "send the same batch again":
+	// no longer exist, or exist under another uid, whose counts are dropped). Any error means "send the same batch again":
 	// UNAVAILABLE or DEADLINE_EXCEEDED when the counts could not be written yet,
 	// INVALID_ARGUMENT when the batch breaks the rules below (resending it will not help).
 	Report(context.Context, *ReportRequest) (*ReportResponse, error)
