@@ -62,6 +62,11 @@ func tooLarge(limit int64) *Failure {
 		Message: fmt.Sprintf("request body is larger than %d bytes", limit), Reason: "too_large"}
 }
 
+func headerTooLarge(limit int) *Failure {
+	return &Failure{Status: http.StatusRequestHeaderFieldsTooLarge, Type: apierror.TypeInvalidRequest, Code: auth.CodeHeaderTooLarge,
+		Message: fmt.Sprintf("request headers are larger than %d bytes", limit), Reason: "too_large"}
+}
+
 func rateLimited(what string, retry time.Duration) *Failure {
 	return &Failure{Status: http.StatusTooManyRequests, Type: apierror.TypeRateLimit, Code: "rate_limit_exceeded",
 		Message: "rate limit reached for the API key: " + what, Reason: "rate_limit", RetryAfter: retry}

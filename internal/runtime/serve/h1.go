@@ -303,6 +303,9 @@ func (f *h1Front) serveConn(c *h1Conn) {
 			}
 		}
 		req, body, ok, err := f.readRequest(c)
+		if errors.Is(err, errHeadTooLarge) {
+			f.refuseHead(c)
+		}
 		if err != nil {
 			return
 		}
@@ -373,10 +376,7 @@ func headBuffered(br *bufio.Reader) bool {
 // false means std serves it: what was read is in c.head and body (nil when none was read).
 func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok bool, err error) {
 	c.head = c.head[:0]
-	maxHeader := f.s.opts.MaxHeaderBytes
-	if maxHeader <= 0 {
-		maxHeader = http.DefaultMaxHeaderBytes // what net/http uses for 0
-	}
+	maxHeader := f.s.maxHeaderBytes()
 	first := true
 	fast := true
 	for {
@@ -389,14 +389,11 @@ func (f *h1Front) readRequest(c *h1Conn) (req h1Request, body *bytes.Buffer, ok 
 		}
 		c.head = append(c.head, line...)
 		line = c.head[start:]
-		if err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				return req, nil, false, nil // too large a head: std answers 431
-			}
-			return req, nil, false, err
+		if errors.Is(err, bufio.ErrBufferFull) || len(c.head) > maxHeader {
+			return req, nil, false, errHeadTooLarge
 		}
-		if len(c.head) > maxHeader {
-			return req, nil, false, nil
+		if err != nil {
+			return req, nil, false, err
 		}
 		line = bytes.TrimSuffix(bytes.TrimSuffix(line, []byte("\n")), []byte("\r"))
 		if first {
@@ -511,7 +508,7 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 		if fail.Status == 499 {
 			return false // the client left, or shutdown gave up: nobody to answer
 		}
-		f.writeFailure(c, fail)
+		f.writeFailure(c, fail, false)
 	}
 	return true // the answer is sent by serveConn, as it awaits the next request
 }
@@ -580,8 +577,37 @@ func (w *clientWatch) stop() bool {
 	return !w.gone
 }
 
-// writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would.
-func (f *h1Front) writeFailure(c *h1Conn, fail *Failure) {
+// errHeadTooLarge is a request head over --max-header-bytes.
+var errHeadTooLarge = errors.New("request head too large")
+
+// refuseHead answers a head over the cap with an OpenAI-shaped 431, and closes: the rest of
+// the head is not worth reading. The client's unread bytes are drained for a moment first,
+// as net/http waits before closing, so that the close is not a reset that could destroy the
+// answer before the client reads it.
+func (f *h1Front) refuseHead(c *h1Conn) {
+	fail := headerTooLarge(f.s.maxHeaderBytes())
+	f.s.countRejection(fail, "")
+	f.writeFailure(c, fail, true)
+	if c.flush() != nil {
+		return
+	}
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(h1DrainTimeout))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.nc, h1DrainLimit))
+}
+
+// After a refused head, the client's unsent rest is read for up to h1DrainTimeout (net/http
+// waits as long) or h1DrainLimit bytes before the connection closes.
+const (
+	h1DrainTimeout = 500 * time.Millisecond
+	h1DrainLimit   = 1 << 20
+)
+
+// writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would;
+// closing adds Connection: close.
+func (f *h1Front) writeFailure(c *h1Conn, fail *Failure, closing bool) {
 	rec := &h1Recorder{header: http.Header{}}
 	fail.writeHTTP(rec)
 	writeStatusLine(c.bw, rec.status)
@@ -590,7 +616,7 @@ func (f *h1Front) writeFailure(c *h1Conn, fail *Failure) {
 			_, _ = fmt.Fprintf(c.bw, "%s: %s\r\n", k, v)
 		}
 	}
-	f.endHead(c, len(rec.body))
+	f.endHead(c, len(rec.body), closing)
 	_, _ = c.bw.Write(rec.body)
 }
 
@@ -608,8 +634,8 @@ func writeStatusLine(bw *bufio.Writer, status int) {
 }
 
 // endHead writes Content-Length (none when length < 0), Date, Connection: close while
-// shutting down, and the blank line that ends the head.
-func (f *h1Front) endHead(c *h1Conn, length int) {
+// shutting down or when closing, and the blank line that ends the head.
+func (f *h1Front) endHead(c *h1Conn, length int, closing bool) {
 	bw := c.bw
 	if length >= 0 {
 		_, _ = bw.WriteString("Content-Length: ")
@@ -618,7 +644,7 @@ func (f *h1Front) endHead(c *h1Conn, length int) {
 	}
 	_, _ = bw.WriteString("Date: ")
 	_, _ = bw.WriteString(httpDate())
-	if f.closing.Load() {
+	if closing || f.closing.Load() {
 		_, _ = bw.WriteString("\r\nConnection: close")
 	}
 	_, _ = bw.WriteString("\r\n\r\n")
@@ -668,10 +694,10 @@ func (h *h1Sink) Complete(status int, contentType string, body []byte) error {
 	_, _ = bw.WriteString("\r\n")
 	if bodyless(status) {
 		// No body, and no Content-Length either (RFC 9110 §8.6), as net/http answers them.
-		h.f.endHead(h.c, -1)
+		h.f.endHead(h.c, -1, false)
 		return nil
 	}
-	h.f.endHead(h.c, len(body))
+	h.f.endHead(h.c, len(body), false)
 	_, err := bw.Write(body)
 	return err
 }

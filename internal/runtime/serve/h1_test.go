@@ -3,16 +3,18 @@ package serve
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/helixflow/helixflow/internal/apierror"
+	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/test/testengine"
 )
 
@@ -174,23 +176,45 @@ func TestH1AnswersAsNetHTTPWould(t *testing.T) {
 	}
 }
 
-// A head over MaxHeaderBytes gets net/http's 431, or, as from net/http alone, a reset when
-// the server closes on the rest of the request unread.
-func TestH1HeaderOverTheCap(t *testing.T) {
+// A head over MaxHeaderBytes gets an OpenAI-shaped 431 and the connection closes, whether the
+// fast path reads it or net/http does (on a connection it serves since an earlier request).
+func TestHeaderOverTheCap(t *testing.T) {
 	r := newRig(t, testengine.Config{}, func(o *Options) { o.MaxHeaderBytes = 4096 })
 	key := r.addKey("k", nil)
-	c := dialH1(t, r)
-	c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 16<<10)))
-	resp, err := http.ReadResponse(c.br, nil)
-	switch {
-	case err == nil && resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge:
-		t.Errorf("status %d, want 431", resp.StatusCode)
-	case err != nil && !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF):
-		t.Errorf("reading the answer: %v", err)
+	check := func(t *testing.T, c *h1Client) {
+		t.Helper()
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil {
+			t.Fatalf("reading the answer: %v", err)
+		}
+		defer resp.Body.Close()
+		var body apierror.Body
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("answer is not an OpenAI error: %v", err)
+		}
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || body.Error.Code != auth.CodeHeaderTooLarge || !resp.Close {
+			t.Errorf("status %d, code %q, close %v; want 431, %s, closed", resp.StatusCode, body.Error.Code, resp.Close, auth.CodeHeaderTooLarge)
+		}
 	}
-	if got := r.s.h1.served.Load(); got != 0 {
-		t.Errorf("fast path served %d calls, want 0", got)
-	}
+	t.Run("fast path", func(t *testing.T) {
+		c := dialH1(t, r)
+		c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 64<<10)))
+		check(t, c)
+		if got := r.s.h1.served.Load(); got != 0 {
+			t.Errorf("fast path served %d calls, want 0", got)
+		}
+	})
+	t.Run("net/http", func(t *testing.T) {
+		c := dialH1(t, r)
+		c.send("GET /v1/models HTTP/1.1\r\nHost: runtime\r\nAuthorization: Bearer " + key + "\r\n\r\n")
+		resp, err := http.ReadResponse(c.br, nil)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /v1/models: %v %v", resp, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 5000)))
+		check(t, c)
+	})
 }
 
 func TestH1ConnectionClose(t *testing.T) {

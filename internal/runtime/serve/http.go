@@ -35,7 +35,38 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, http.StatusNotFound, apierror.TypeNotFound, "unknown_route", "Unknown request URL: "+r.Method+" "+r.URL.Path)
 	})
-	return s.bodyDeadline(mux)
+	return s.headerCap(s.bodyDeadline(mux))
+}
+
+// headerCap refuses a request whose head is over --max-header-bytes with an OpenAI-shaped
+// 431. The fast path refuses those before they get here; this covers the connections net/http
+// serves, whose own refusal (beyond twice the cap, see stdServer) is plain text.
+func (s *Server) headerCap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if headSize(r) > s.maxHeaderBytes() {
+			fail := headerTooLarge(s.maxHeaderBytes())
+			s.countRejection(fail, "")
+			w.Header().Set("Connection", "close")
+			fail.writeHTTP(w)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// headSize is the size of r's head as it came on the wire, near enough: the request line,
+// and each header line ("Name: value\r\n").
+func headSize(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4
+	if r.Host != "" {
+		n += len("Host: ") + len(r.Host) + 2
+	}
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n + 2
 }
 
 // bodyDeadline bounds the time a client may take to send a request body (--body-timeout).

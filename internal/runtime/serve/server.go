@@ -341,9 +341,19 @@ func (s *Server) stdServer(h http.Handler) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: h1ReadHeaderTimeout,
 		IdleTimeout:       h1IdleTimeout,
-		MaxHeaderBytes:    s.opts.MaxHeaderBytes,
+		// A hard cap on what net/http reads (its own 431 is plain text); headerCap refuses
+		// heads over the real cap with an OpenAI 431.
+		MaxHeaderBytes: 2 * s.maxHeaderBytes(),
 		// No WriteTimeout: streams last as long as the generation; RequestTimeout bounds them.
 	}
+}
+
+// maxHeaderBytes is the cap on a request head: --max-header-bytes, or net/http's default.
+func (s *Server) maxHeaderBytes() int {
+	if s.opts.MaxHeaderBytes > 0 {
+		return s.opts.MaxHeaderBytes
+	}
+	return http.DefaultMaxHeaderBytes
 }
 
 // Ready reports whether the runtime can serve: its model and auth caches are synced and the
