@@ -376,7 +376,8 @@ type AuthSpec struct {
 	Mode AuthMode `json:"mode,omitempty"`
 
 	// allowedOrigins are the browser origins whose pages may open the WebSocket stream
-	// (GET /v1/stream), besides pages of the runtime's own host: a host ("app.example.com",
+	// (GET /v1/stream) and call the HTTP API (CORS), besides pages of the runtime's own
+	// host: a host ("app.example.com",
 	// "localhost:3000"), a wildcard subdomain of a domain ("*.example.com"; "*" matches
 	// dots too, so it covers every level below), or a scheme and host
 	// ("https://app.example.com"). Clients that send no Origin (SDKs, curl) are not

@@ -46,7 +46,7 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.DurationVar(&opts.BodyTimeout, "body-timeout", opts.BodyTimeout, "Longest time a client may take to send a request body (408, or the connection closed, beyond); 0 for no bound.")
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", opts.ShutdownTimeout, "How long in-flight requests and streams may finish on SIGTERM.")
 	f.StringVar(&opts.UpstreamHealthPath, "upstream-health-path", opts.UpstreamHealthPath, "The engine's health endpoint, checked by /readyz.")
-	f.StringSliceVar(&opts.WebSocket.OriginPatterns, "websocket-origins", nil, "Browser origins allowed on the WebSocket stream besides the runtime's own host, and besides the InferenceModel's spec.auth.allowedOrigins (app.example.com, *.example.com, https://app.example.com).")
+	f.StringSliceVar(&opts.WebSocket.OriginPatterns, "websocket-origins", nil, "Browser origins allowed on the WebSocket stream and to call the HTTP API (CORS) besides the runtime's own host, and besides the InferenceModel's spec.auth.allowedOrigins (app.example.com, *.example.com, https://app.example.com).")
 	f.DurationVar(&opts.WebSocket.PingInterval, "websocket-ping-interval", serve.DefaultWebSocketPingInterval, "How often the WebSocket stream pings; a connection whose pong is late by one interval is dropped.")
 	f.DurationVar(&opts.WebSocket.IdleTimeout, "websocket-idle-timeout", serve.DefaultWebSocketIdleTimeout, "How long a WebSocket connection may stay without a request before it is closed (1000, idle timeout).")
 	f.StringVar(&kubeconfig, "kubeconfig", "", "Path to a kubeconfig; default $KUBECONFIG, else in-cluster.")

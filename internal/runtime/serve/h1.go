@@ -124,6 +124,8 @@ func (req *h1Request) header(line []byte, maxBody int64) bool {
 		return asciiEqualFold(value, "keep-alive")
 	case asciiEqualFold(name, "Transfer-Encoding"), asciiEqualFold(name, "Expect"), asciiEqualFold(name, "Upgrade"):
 		return false
+	case asciiEqualFold(name, "Origin"):
+		return false // a browser's call: std answers it with its CORS headers (cors)
 	}
 	return true
 }

@@ -35,7 +35,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		apierror.Write(w, http.StatusNotFound, apierror.TypeNotFound, "unknown_route", "Unknown request URL: "+r.Method+" "+r.URL.Path)
 	})
-	return s.headerCap(s.bodyDeadline(mux))
+	return s.cors(s.headerCap(s.bodyDeadline(mux)))
 }
 
 // headerCap refuses a request whose head is over --max-header-bytes with an OpenAI-shaped

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,7 +50,8 @@ const (
 
 // WebSocketOptions tune the WebSocket front (GET /v1/stream); zero values take the defaults.
 type WebSocketOptions struct {
-	// OriginPatterns are the browser origins allowed besides the runtime's own host (and
+	// OriginPatterns are the browser origins allowed, on the WebSocket and to call the HTTP
+	// API (CORS), besides the runtime's own host (and
 	// besides the InferenceModel's spec.auth.allowedOrigins, which are added), as host
 	// patterns matched with path.Match ("app.example.com", "*.example.com"), or with a scheme
 	// ("https://app.example.com") to match scheme and host. Empty allows same-origin pages
@@ -106,7 +106,7 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		Subprotocols:   []string{WebSocketSubprotocol},
-		OriginPatterns: append(slices.Clip(s.opts.WebSocket.OriginPatterns), s.model.Load().origins...),
+		OriginPatterns: s.originPatterns(),
 	})
 	if err != nil {
 		return // Accept answered: 403 for a foreign Origin, 426/400 for a bad handshake
