@@ -46,7 +46,7 @@ type Aggregator struct {
 	usagev1.UnimplementedUsageAggregatorServer
 
 	client        client.Client
-	reader        client.Reader
+	apiReader     client.Reader // uncached; nil when client is uncached itself
 	addr          string
 	flushInterval time.Duration
 	now           func() time.Time
@@ -69,10 +69,11 @@ func WithFlushInterval(d time.Duration) AggregatorOption {
 	}
 }
 
-// WithAPIReader sets the uncached reader used to re-read a key after a write conflict (the
-// manager's GetAPIReader()); without it the client is used, whose cache may still be stale.
+// WithAPIReader sets the uncached reader used to re-read a key after a write conflict, or
+// when the cache does not have it or has another object of its name (the manager's
+// GetAPIReader()). Without it the client must read the API server itself.
 func WithAPIReader(r client.Reader) AggregatorOption {
-	return func(a *Aggregator) { a.reader = r }
+	return func(a *Aggregator) { a.apiReader = r }
 }
 
 // WithClock sets the clock that decides quota windows and report times (time.Now).
@@ -95,12 +96,20 @@ func WithServerOptions(opts ...grpc.ServerOption) AggregatorOption {
 // and writes their status with it, listening on addr (DisabledAddress turns it off).
 func NewAggregator(c client.Client, addr string, opts ...AggregatorOption) *Aggregator {
 	registerMetrics()
-	a := &Aggregator{client: c, reader: c, addr: addr, flushInterval: DefaultFlushInterval,
+	a := &Aggregator{client: c, addr: addr, flushInterval: DefaultFlushInterval,
 		now: time.Now, log: logr.Discard(), pending: newRound()}
 	for _, o := range opts {
 		o(a)
 	}
 	return a
+}
+
+// uncached is the reader of what the API server holds now.
+func (a *Aggregator) uncached() client.Reader {
+	if a.apiReader != nil {
+		return a.apiReader
+	}
+	return a.client
 }
 
 // NeedLeaderElection is false: every replica serves, the per-reporter seqs make concurrent

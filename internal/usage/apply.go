@@ -1,6 +1,7 @@
 package usage
 
 import (
+	"maps"
 	"math"
 	"sort"
 	"time"
@@ -41,18 +42,26 @@ type applyResult struct {
 
 // applyEntries adds to ak.Status the entries whose seq is above the one recorded for their
 // reporter, records the new seqs, and sets QuotaExhausted; entries are applied in order, so a
-// resent batch queued beside its first copy counts once. Entries charged to another object
-// of the key's name (a key deleted and created again) are left out. ak is left untouched when
-// no entry applies.
+// resent batch queued beside its first copy counts once, while the entries of one batch for
+// the key (one without a uid and one with, from a runtime upgraded meanwhile) all count.
+// Entries charged to another object of the key's name (a key deleted and created again) are
+// left out. ak is left untouched when no entry applies.
 func applyEntries(ak *servingv1alpha1.ApiKey, entries []entry, now time.Time) applyResult {
 	u := &servingv1alpha1.KeyUsage{}
 	if ak.Status.Usage != nil {
 		u = ak.Status.Usage.DeepCopy()
 	}
-	last := make(map[string]int64, len(u.Reporters))
+	stored := make(map[string]int64, len(u.Reporters))
 	for _, r := range u.Reporters {
-		last[r.ID] = r.Seq
+		stored[r.ID] = r.Seq
 	}
+	last := maps.Clone(stored)
+	type batchEntry struct {
+		reporter string
+		seq      int64
+		uid      types.UID
+	}
+	applied := make(map[batchEntry]bool, len(entries))
 	start := metav1.NewTime(auth.QuotaWindowStart(quotaWindow(ak), now))
 	var res applyResult
 	for _, e := range entries {
@@ -60,10 +69,12 @@ func applyEntries(ak *servingv1alpha1.ApiKey, entries []entry, now time.Time) ap
 			res.stale++
 			continue
 		}
-		if e.seq <= last[e.reporter] {
+		id := batchEntry{e.reporter, e.seq, e.uid}
+		if e.seq <= stored[e.reporter] || e.seq < last[e.reporter] || applied[id] {
 			res.duplicates++
 			continue
 		}
+		applied[id] = true
 		if u.WindowStart == nil || u.WindowStart.Before(&start) {
 			// A new window: what was counted belongs to the previous one. Never back: a
 			// replica whose clock is behind at the boundary counts into the window already

@@ -75,6 +75,20 @@ func TestApplyEntriesSkipsAnotherObject(t *testing.T) {
 	}
 }
 
+// TestApplyEntriesOneBatchTwoEntries: a batch's entries for one key with and without a uid
+// both count, and a resent copy of the batch beside it counts for nothing.
+func TestApplyEntriesOneBatchTwoEntries(t *testing.T) {
+	ak := &servingv1alpha1.ApiKey{ObjectMeta: metav1.ObjectMeta{UID: "u"}}
+	batch := []entry{{reporter: "a", seq: 3, tokens: 10, requests: 1}, {reporter: "a", seq: 3, uid: "u", tokens: 5, requests: 1}}
+	res := applyEntries(ak, append(batch, batch...), now)
+	if res != (applyResult{applied: 2, duplicates: 2}) || ak.Status.Usage.Tokens != 15 {
+		t.Fatalf("result %+v, %d tokens; want 2 applied, 2 duplicates, 15 tokens", res, ak.Status.Usage.Tokens)
+	}
+	if res := applyEntries(ak, batch, now); res.applied != 0 || res.duplicates != 2 {
+		t.Fatalf("the batch resent later: %+v", res)
+	}
+}
+
 func TestApplyEntriesNewWindow(t *testing.T) {
 	old := metav1.NewTime(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))
 	ak := &servingv1alpha1.ApiKey{Status: servingv1alpha1.ApiKeyStatus{Usage: &servingv1alpha1.KeyUsage{

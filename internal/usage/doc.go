@@ -39,7 +39,9 @@
 // Security: the aggregator has no authentication of its own. Anyone who can reach its port can
 // charge usage to any ApiKey, so the port must only be reachable from inside the cluster, from
 // the model pods (NetworkPolicy); mutual TLS is not implemented yet. Requests are capped in
-// size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued.
+// size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued. An entry for
+// a name the manager's cache does not hold, or holds under another uid, costs a read from the
+// API server (parallelWrites at a time) before it is dropped.
 package usage
 
 // RBAC for the aggregator: it reads ApiKeys (from the manager's cache) and writes their status.

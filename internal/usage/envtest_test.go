@@ -335,20 +335,32 @@ func TestRecreatedKeyNotChargedTheOldUsage(t *testing.T) {
 	}
 }
 
-// A key the manager's cache does not have (yet) is read from the API server before its
-// usage is dropped: a key used within moments of its creation is charged.
-func TestKeyMissingFromTheCacheIsCharged(t *testing.T) {
+// The manager's cache may lag behind the API server: not have a key created a moment ago,
+// or still hold the object it replaced (deleted and created again under the same name). The
+// key is read from the API server before its usage is dropped, and charged.
+func TestLaggingCacheStillCharges(t *testing.T) {
 	ns := newNamespace(t)
-	key := createKey(t, ns, "new", nil)
 	e := startEnv(t)
+	fresh := createKey(t, ns, "new", nil)
+	recreated := createKey(t, ns, "recreated", nil)
+	before := getKey(t, recreated)
+	if err := e.Client.Delete(t.Context(), before); err != nil {
+		t.Fatal(err)
+	}
+	createKey(t, ns, "recreated", nil)
+
 	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lagging := interceptor.NewClient(direct, interceptor.Funcs{
 		Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			if k == key {
+			switch k {
+			case fresh:
 				return apierrors.NewNotFound(servingv1alpha1.GroupVersion.WithResource("apikeys").GroupResource(), k.Name)
+			case recreated:
+				before.DeepCopyInto(obj.(*servingv1alpha1.ApiKey))
+				return nil
 			}
 			return c.Get(ctx, k, obj, opts...)
 		},
@@ -357,9 +369,10 @@ func TestKeyMissingFromTheCacheIsCharged(t *testing.T) {
 	a := NewAggregator(lagging, addr, WithFlushInterval(testFlushInterval), WithAPIReader(e.Client))
 	serve(t, a, addr)
 	r := startReporter(t, addr)
-	record(r, key, 4, 5)
+	record(r, fresh, 4, 5)
+	record(r, recreated, 2, 1)
 	flush(t, r)
-	checkUsage(t, map[types.NamespacedName]counts{key: {9, 1}})
+	checkUsage(t, map[types.NamespacedName]counts{fresh: {9, 1}, recreated: {3, 1}})
 }
 
 // startCache runs a controller-runtime cluster (informer cache + clients) until the test ends.

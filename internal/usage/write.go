@@ -12,20 +12,23 @@ import (
 )
 
 // writeKey applies a key's queued entries in one status update. The first read comes from
-// the client (the manager's cache, usually current); after a conflict, or when the cache
-// does not have the key (yet: it may have been created a moment ago), the key is read from
-// the API server, so the duplicate check always sees the seqs of the version it replaces
-// and usage is dropped only for a key that is really gone.
+// the client (the manager's cache, usually current). The key is read again from the API
+// server after a conflict, so the duplicate check always sees the seqs of the version it
+// replaces, and before any usage is dropped: the cache may not have the key yet (created a
+// moment ago), or still hold the object it replaced (deleted and created again), and usage
+// is dropped only for a key that is really gone or really another object.
 func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, entries []entry) error {
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	var reader client.Reader = a.client
+	direct := a.apiReader == nil // the client reads the API server itself
+	reread := func() { reader, direct = a.uncached(), true }
 	for range maxWriteAttempts {
 		ak := &servingv1alpha1.ApiKey{}
 		if err := reader.Get(ctx, key, ak); err != nil {
 			switch {
-			case apierrors.IsNotFound(err) && reader != a.reader:
-				reader = a.reader
+			case apierrors.IsNotFound(err) && !direct:
+				reread()
 				continue
 			case apierrors.IsNotFound(err):
 				a.dropped(key, len(entries), "deleted")
@@ -34,6 +37,10 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 			return fmt.Errorf("reading ApiKey: %w", err)
 		}
 		res := applyEntries(ak, entries, a.now())
+		if res.stale > 0 && !direct {
+			reread()
+			continue
+		}
 		if res.applied == 0 {
 			a.counted(key, res)
 			return nil
@@ -46,7 +53,7 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 			return nil
 		case apierrors.IsConflict(err):
 			writeConflictsTotal.Inc()
-			reader = a.reader
+			reread()
 		case apierrors.IsNotFound(err):
 			a.dropped(key, len(entries), "deleted")
 			return nil

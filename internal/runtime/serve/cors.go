@@ -43,13 +43,14 @@ func (s *Server) cors(h http.Handler) http.Handler {
 					"pages of this origin may not call the API: add it to the InferenceModel's spec.auth.allowedOrigins")
 				return
 			}
+			hdr.Add("Vary", "Access-Control-Request-Method")
+			hdr.Add("Vary", "Access-Control-Request-Headers")
 			hdr.Set("Access-Control-Allow-Origin", origin)
 			hdr.Set("Access-Control-Allow-Methods", "GET, POST")
 			// Whatever the page asks to send (the OpenAI SDK sends its own X-Stainless-*
 			// headers besides Authorization): none of them is trusted for anything.
 			if asked := r.Header.Get("Access-Control-Request-Headers"); asked != "" {
 				hdr.Set("Access-Control-Allow-Headers", asked)
-				hdr.Add("Vary", "Access-Control-Request-Headers")
 			}
 			hdr.Set("Access-Control-Max-Age", corsMaxAge)
 			w.WriteHeader(http.StatusNoContent)

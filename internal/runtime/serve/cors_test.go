@@ -83,6 +83,14 @@ func TestCORSAllowedOrigin(t *testing.T) {
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != origin {
 		t.Fatalf("GET /v1/models: %d %v", resp.StatusCode, resp.Header)
 	}
+
+	// Only the API's routes: not the probes, not the WebSocket (which has no preflight).
+	for _, route := range []string{"/healthz", RouteStream} {
+		resp = r.browserRequest(http.MethodOptions, route, origin, preflight("GET", "authorization"), "")
+		if resp.StatusCode == http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("preflight for %s answered: %d %v", route, resp.StatusCode, resp.Header)
+		}
+	}
 }
 
 // A page of any other origin gets a 403 to its preflight, so its browser never sends the
@@ -139,6 +147,9 @@ func TestOriginAllowed(t *testing.T) {
 		{"null", false},
 		{"https://evil.com/.example.com", false},
 		{"::", false},
+		{"https://chat.example.com.evil.com", false},
+		{"https://chat.example.com@evil.com", false}, // userinfo: the host is evil.com
+		{"https://chat.example.com:8443", false},     // a pattern without a port matches none
 	} {
 		if got := originAllowed(tc.origin, "runtime.svc:8080", patterns); got != tc.want {
 			t.Errorf("originAllowed(%q) = %v, want %v", tc.origin, got, tc.want)

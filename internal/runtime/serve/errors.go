@@ -64,7 +64,7 @@ func tooLarge(limit int64) *Failure {
 
 func headerTooLarge(limit int) *Failure {
 	return &Failure{Status: http.StatusRequestHeaderFieldsTooLarge, Type: apierror.TypeInvalidRequest, Code: auth.CodeHeaderTooLarge,
-		Message: fmt.Sprintf("request headers are larger than %d bytes", limit), Reason: "too_large"}
+		Message: fmt.Sprintf("request headers are larger than %d bytes", limit), Reason: "header_too_large"}
 }
 
 func rateLimited(what string, retry time.Duration) *Failure {

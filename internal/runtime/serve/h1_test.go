@@ -195,6 +195,9 @@ func TestHeaderOverTheCap(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge || body.Error.Code != auth.CodeHeaderTooLarge || !resp.Close {
 			t.Errorf("status %d, code %q, close %v; want 431, %s, closed", resp.StatusCode, body.Error.Code, resp.Close, auth.CodeHeaderTooLarge)
 		}
+		if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Errorf("connection still open after the 431 (read: %v)", err)
+		}
 	}
 	t.Run("fast path", func(t *testing.T) {
 		c := dialH1(t, r)

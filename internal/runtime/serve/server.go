@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"slices"
@@ -331,7 +332,13 @@ func (s *Server) httpServer(addr string, h http.Handler) (server, error) {
 // httpFront serves the HTTP API on ln: the fast path for non-streamed calls, in front of
 // net/http for the rest (h1.go).
 func (s *Server) httpFront(ln net.Listener) server {
-	f := newH1Front(s, ln, s.stdServer(s.Handler()))
+	std := s.stdServer(s.Handler())
+	// A hard cap on what net/http reads (its own 431 is plain text); headerCap refuses heads
+	// over the real cap with an OpenAI 431 before that.
+	if m := s.maxHeaderBytes(); m <= math.MaxInt/2 {
+		std.MaxHeaderBytes = 2 * m
+	}
+	f := newH1Front(s, ln, std)
 	return server{addr: ln.Addr(), serve: f.serve, stop: f.stop}
 }
 
@@ -341,9 +348,7 @@ func (s *Server) stdServer(h http.Handler) *http.Server {
 		Handler:           h,
 		ReadHeaderTimeout: h1ReadHeaderTimeout,
 		IdleTimeout:       h1IdleTimeout,
-		// A hard cap on what net/http reads (its own 431 is plain text); headerCap refuses
-		// heads over the real cap with an OpenAI 431.
-		MaxHeaderBytes: 2 * s.maxHeaderBytes(),
+		MaxHeaderBytes:    s.opts.MaxHeaderBytes,
 		// No WriteTimeout: streams last as long as the generation; RequestTimeout bounds them.
 	}
 }
