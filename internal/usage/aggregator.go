@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -37,6 +38,10 @@ const (
 	maxWriteAttempts = 5
 	// parallelWrites is how many keys one flush writes at once.
 	parallelWrites = 8
+	// confirmReadsPerSecond and confirmReadsBurst bound the confirming reads (Aggregator's
+	// confirms): far above what keys created or deleted while in use need.
+	confirmReadsPerSecond = 20
+	confirmReadsBurst     = 100
 )
 
 // Aggregator is the manager's usage aggregator: a gRPC UsageAggregator server and a
@@ -49,9 +54,13 @@ type Aggregator struct {
 	apiReader     client.Reader // uncached; nil when client is uncached itself
 	addr          string
 	flushInterval time.Duration
-	now           func() time.Time
-	log           logr.Logger
-	serverOpts    []grpc.ServerOption
+	// confirms bounds the reads from the API server that confirm a key is gone (or another
+	// object) before its usage is dropped: anyone who reaches the port can name keys that do
+	// not exist, and each would cost one.
+	confirms   *rate.Limiter
+	now        func() time.Time
+	log        logr.Logger
+	serverOpts []grpc.ServerOption
 
 	mu      sync.Mutex
 	pending *round
@@ -96,7 +105,7 @@ func WithServerOptions(opts ...grpc.ServerOption) AggregatorOption {
 // and writes their status with it, listening on addr (DisabledAddress turns it off).
 func NewAggregator(c client.Client, addr string, opts ...AggregatorOption) *Aggregator {
 	registerMetrics()
-	a := &Aggregator{client: c, addr: addr, flushInterval: DefaultFlushInterval,
+	a := &Aggregator{client: c, addr: addr, confirms: rate.NewLimiter(confirmReadsPerSecond, confirmReadsBurst), flushInterval: DefaultFlushInterval,
 		now: time.Now, log: logr.Discard(), pending: newRound()}
 	for _, o := range opts {
 		o(a)
@@ -238,7 +247,11 @@ func (a *Aggregator) flush(ctx context.Context) {
 		wg.Go(func() {
 			defer func() { <-sem }()
 			if err := a.writeKey(ctx, key, entries); err != nil {
-				a.log.Error(err, "storing usage", "apiKey", key.String())
+				if errors.Is(err, errConfirmsLimited) {
+					a.log.V(1).Info("usage not stored yet: too many reads to confirm unknown keys", "apiKey", key.String())
+				} else {
+					a.log.Error(err, "storing usage", "apiKey", key.String())
+				}
 				r.fail(key, err)
 			}
 		})

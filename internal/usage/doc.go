@@ -41,7 +41,9 @@
 // the model pods (NetworkPolicy); mutual TLS is not implemented yet. Requests are capped in
 // size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued. An entry for
 // a name the manager's cache does not hold, or holds under another uid, costs a read from the
-// API server (parallelWrites at a time) before it is dropped.
+// API server before it is dropped; those reads are limited (20 per second, bursts of 100, per
+// replica), and a batch that needs more is answered UNAVAILABLE and resent later, so a flood
+// of made-up names cannot turn into a flood of API requests.
 package usage
 
 // RBAC for the aggregator: it reads ApiKeys (from the manager's cache) and writes their status.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -373,6 +374,52 @@ func TestLaggingCacheStillCharges(t *testing.T) {
 	record(r, recreated, 2, 1)
 	flush(t, r)
 	checkUsage(t, map[types.NamespacedName]counts{fresh: {9, 1}, recreated: {3, 1}})
+}
+
+// The reads that confirm unknown keys are limited: a batch naming more than the budget
+// allows is answered UNAVAILABLE, and its resend, once the budget allows, counts each key once.
+func TestConfirmingReadsAreLimited(t *testing.T) {
+	ns := newNamespace(t)
+	e := startEnv(t)
+	var keys []types.NamespacedName
+	for _, name := range []string{"a", "b", "c"} {
+		keys = append(keys, createKey(t, ns, name, nil))
+	}
+	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blind := interceptor.NewClient(direct, interceptor.Funcs{ // a cache that has none of them
+		Get: func(_ context.Context, _ client.WithWatch, k client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
+			return apierrors.NewNotFound(servingv1alpha1.GroupVersion.WithResource("apikeys").GroupResource(), k.Name)
+		},
+	})
+	addr := freeAddr(t)
+	a := NewAggregator(blind, addr, WithFlushInterval(testFlushInterval), WithAPIReader(e.Client))
+	a.confirms = rate.NewLimiter(0, 1) // one read, never replenished
+	serve(t, a, addr)
+	req := &usagev1.ReportRequest{ReporterId: "pod-x", Seq: 1}
+	for _, k := range keys {
+		uid, _ := keyUIDs.Load(k)
+		req.Usage = append(req.Usage, &usagev1.KeyUsage{Namespace: ns, ApiKey: k.Name, ApiKeyUid: string(uid.(types.UID)), PromptTokens: 1, Requests: 1})
+	}
+	if _, err := a.Report(t.Context(), req); status.Code(err) != codes.Unavailable {
+		t.Fatalf("Report with one confirming read for three unknown keys: %v, want Unavailable", err)
+	}
+	charged := 0
+	for _, k := range keys {
+		if u := getKey(t, k).Status.Usage; u != nil && u.Tokens == 1 {
+			charged++
+		}
+	}
+	if charged != 1 {
+		t.Fatalf("%d keys charged with one confirming read, want 1", charged)
+	}
+	a.confirms.SetLimit(rate.Inf)
+	if _, err := a.Report(t.Context(), req); err != nil {
+		t.Fatalf("the resent batch: %v", err)
+	}
+	checkUsage(t, map[types.NamespacedName]counts{keys[0]: {1, 1}, keys[1]: {1, 1}, keys[2]: {1, 1}})
 }
 
 // startCache runs a controller-runtime cluster (informer cache + clients) until the test ends.

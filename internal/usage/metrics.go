@@ -30,6 +30,10 @@ var (
 		Name: "helixflow_usage_write_conflicts_total",
 		Help: "ApiKey status writes of the usage aggregator that met a newer version and were retried.",
 	})
+	confirmsLimitedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "helixflow_usage_confirm_reads_limited_total",
+		Help: "Keys of usage batches not stored yet because the reads that confirm a key the cache does not have (or has as another object) were used up; the runtimes resend. Steady growth means something reports keys that do not exist.",
+	})
 
 	registerOnce sync.Once
 )
@@ -38,6 +42,6 @@ var (
 // runtimes import this package for the Reporter and must not get manager metrics.
 func registerMetrics() {
 	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal)
+		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal, confirmsLimitedTotal)
 	})
 }

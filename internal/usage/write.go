@@ -2,6 +2,7 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -28,6 +29,9 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 		if err := reader.Get(ctx, key, ak); err != nil {
 			switch {
 			case apierrors.IsNotFound(err) && !direct:
+				if err := a.confirm(); err != nil {
+					return err
+				}
 				reread()
 				continue
 			case apierrors.IsNotFound(err):
@@ -38,6 +42,9 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 		}
 		res := applyEntries(ak, entries, a.now())
 		if res.stale > 0 && !direct {
+			if err := a.confirm(); err != nil {
+				return err
+			}
 			reread()
 			continue
 		}
@@ -62,6 +69,19 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 		}
 	}
 	return fmt.Errorf("updating ApiKey status: still conflicting after %d attempts", maxWriteAttempts)
+}
+
+// errConfirmsLimited fails a key whose usage needs a confirming read when none is left for
+// now: its reporters resend the batch later, as after any failed write.
+var errConfirmsLimited = errors.New("too many reads to confirm unknown ApiKeys; send the batch again later")
+
+// confirm takes one confirming read from the budget (Aggregator.confirms).
+func (a *Aggregator) confirm() error {
+	if !a.confirms.Allow() {
+		confirmsLimitedTotal.Inc()
+		return errConfirmsLimited
+	}
+	return nil
 }
 
 // counted records the entries of a write that were not applied: duplicates, and those for an
