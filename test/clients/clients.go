@@ -1,8 +1,8 @@
 // Package clients gives tests the real clients the data plane is tested with: the official
-// `openai` npm SDK,
-// installed into test/clients/node by hack/npm-install.sh, and Debian's nginx, installed by
-// hack/install-nginx.sh. Each install runs at most once per test process and is a fast no-op
-// when already done.
+// `openai` npm SDK, installed into test/clients/node by hack/npm-install.sh, Debian's chromium
+// (a real browser, for pages that call the runtime), installed by hack/install-chromium.sh,
+// and Debian's nginx, installed by hack/install-nginx.sh. Each install runs at most once per
+// test process and is a fast no-op when already done.
 //
 // A test skips (t.Skipf, with the error) only when an install failed for lack of network;
 // any other failure fails the test, so a broken setup is never mistaken for a skip.
@@ -90,8 +90,9 @@ func (in *install) get(tb testing.TB, what string) string {
 }
 
 var (
-	npmInstall   = &install{script: "npm-install.sh"}
-	nginxInstall = &install{script: "install-nginx.sh"}
+	npmInstall      = &install{script: "npm-install.sh"}
+	nginxInstall    = &install{script: "install-nginx.sh"}
+	chromiumInstall = &install{script: "install-chromium.sh"}
 )
 
 // NodeSDKDir installs the pinned `openai` npm SDK (once per process, no-op when present) and
@@ -108,6 +109,40 @@ func NodeSDKDir(tb testing.TB) string {
 func NginxPath(tb testing.TB) string {
 	tb.Helper()
 	return nginxInstall.get(tb, "nginx")
+}
+
+// ChromiumPath makes sure Debian's chromium is installed (once per process, no-op when
+// present) and returns the path of its binary.
+func ChromiumPath(tb testing.TB) string {
+	tb.Helper()
+	return chromiumInstall.get(tb, "chromium")
+}
+
+// OpenPage opens url in a headless chromium of its own (a fresh profile) that runs until ctx
+// ends or the test does; its output goes to the test log when the test fails.
+func OpenPage(ctx context.Context, tb testing.TB, url string) {
+	tb.Helper()
+	bin := ChromiumPath(tb)
+	ctx, cancel := context.WithCancel(ctx)
+	args := []string{"--headless", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
+		"--disable-extensions", "--disable-dev-shm-usage", "--user-data-dir=" + tb.TempDir()}
+	if os.Geteuid() == 0 {
+		args = append(args, "--no-sandbox") // chromium refuses to run as root otherwise
+	}
+	cmd := exec.CommandContext(ctx, bin, append(args, url)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		cancel()
+		tb.Fatalf("starting chromium: %v", err)
+	}
+	tb.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if tb.Failed() {
+			tb.Logf("chromium's output:\n%s", tail(out.String()))
+		}
+	})
 }
 
 // NodeCommand returns a command running `node <script> args...` in NodeSDKDir, where script is

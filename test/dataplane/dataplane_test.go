@@ -1,7 +1,7 @@
 // Package dataplane_test runs the data path for real: the manager (ApiKey controller, JWKS,
 // usage aggregator) and `runtime serve` against a real API server, the runtime in front of
 // the test engine (a test double of an OpenAI-compatible engine), and real clients: the
-// official openai npm SDK.
+// official openai npm SDK, in Node and in a web page in a real browser (headless chromium).
 package dataplane_test
 
 import (
