@@ -192,8 +192,9 @@ type sdkError struct {
 }
 
 type sdkResult struct {
-	Models []string `json:"models"`
-	Chat   struct {
+	Models    []string `json:"models"`
+	Retrieved string   `json:"retrieved"`
+	Chat      struct {
 		Content string      `json:"content"`
 		Usage   serve.Usage `json:"usage"`
 	} `json:"chat"`
@@ -203,14 +204,15 @@ type sdkResult struct {
 		SawUsage     bool   `json:"sawUsage"`
 		FinishReason string `json:"finishReason"`
 	} `json:"stream"`
+	NotFound        *sdkError `json:"notFound"`
 	Unauthenticated *sdkError `json:"unauthenticated"`
 	Forbidden       *sdkError `json:"forbidden"`
 	RateLimited     *sdkError `json:"rateLimited"`
 }
 
-// TestOpenAINodeSDK drives runtime serve with the official openai npm SDK: list models, a
-// chat completion, a streamed chat completion assembled from chunks, and the SDK's own error
-// classes for 401, 403 and 429.
+// TestOpenAINodeSDK drives runtime serve with the official openai npm SDK: list and retrieve
+// models, a chat completion, a streamed chat completion assembled from chunks, and the SDK's
+// own error classes for 401, 403, 404 and 429.
 func TestOpenAINodeSDK(t *testing.T) {
 	c := newCluster(t, testengine.Config{ChunkInterval: 5 * time.Millisecond})
 	key := c.apiKey("app", nil)
@@ -236,8 +238,8 @@ func TestOpenAINodeSDK(t *testing.T) {
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("node printed %s: %v", out, err)
 	}
-	if len(res.Models) != 1 || res.Models[0] != testengine.DefaultModel {
-		t.Errorf("models %v", res.Models)
+	if len(res.Models) != 1 || res.Models[0] != testengine.DefaultModel || res.Retrieved != testengine.DefaultModel {
+		t.Errorf("models %v, retrieved %q", res.Models, res.Retrieved)
 	}
 	if res.Chat.Content != testengine.CompletionText(6) || res.Chat.Usage.CompletionTokens != 6 || res.Chat.Usage.PromptTokens != 4 {
 		t.Errorf("chat %+v", res.Chat)
@@ -253,6 +255,7 @@ func TestOpenAINodeSDK(t *testing.T) {
 		class  string
 		status int
 	}{
+		{res.NotFound, "NotFoundError", 404},
 		{res.Unauthenticated, "AuthenticationError", 401},
 		{res.Forbidden, "PermissionDeniedError", 403},
 		{res.RateLimited, "RateLimitError", 429},

@@ -12,10 +12,15 @@ import (
 // corsMaxAge is how long a browser may reuse a preflight's answer (seconds).
 const corsMaxAge = "600"
 
-// corsRoutes are the routes a page of another origin may call (CORS). GET /v1/stream checks
-// its Origin itself, as a WebSocket handshake has no preflight.
+// corsRoutes are the routes a page of another origin may call (CORS), besides
+// /v1/models/{model}. GET /v1/stream checks its Origin itself, as a WebSocket handshake has
+// no preflight.
 var corsRoutes = map[string]bool{
 	"/v1/models": true, RouteChatCompletions: true, RouteCompletions: true, RouteEmbeddings: true,
+}
+
+func isCORSRoute(path string) bool {
+	return corsRoutes[path] || strings.HasPrefix(path, "/v1/models/")
 }
 
 // cors lets pages of the allowed browser origins (the WebSocket's: --websocket-origins and
@@ -30,7 +35,7 @@ var corsRoutes = map[string]bool{
 func (s *Server) cors(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
-		if origin == "" || !corsRoutes[r.URL.Path] {
+		if origin == "" || !isCORSRoute(r.URL.Path) {
 			h.ServeHTTP(w, r)
 			return
 		}

@@ -28,6 +28,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", s.serveReadyz)
 	mux.HandleFunc("GET /v1/models", s.serveModels)
+	mux.HandleFunc("GET /v1/models/{model...}", s.serveModel)
 	for _, route := range []string{RouteChatCompletions, RouteCompletions, RouteEmbeddings} {
 		mux.HandleFunc("POST "+route, s.serveInference(route))
 	}
@@ -149,18 +150,49 @@ func (s *Server) Models(p *auth.Principal) (ModelList, *Failure) {
 	return list, nil
 }
 
+// Model is one model p may use, by name (OpenAI's retrieve model): the served model, if
+// allowed; any other name is not found.
+func (s *Server) Model(p *auth.Principal, name string) (ModelEntry, *Failure) {
+	list, fail := s.Models(p)
+	if fail != nil {
+		return ModelEntry{}, fail
+	}
+	for _, m := range list.Data {
+		if m.ID == name {
+			return m, nil
+		}
+	}
+	return ModelEntry{}, modelNotFound(name)
+}
+
 func (s *Server) serveModels(w http.ResponseWriter, r *http.Request) {
 	p := s.authenticateHTTP(w, r)
 	if p == nil {
 		return
 	}
 	list, fail := s.Models(p)
+	writeJSON(w, list, fail)
+}
+
+// serveModel is GET /v1/models/{model}; a name with a slash ("org/model") may come escaped
+// (as the OpenAI SDKs send it) or not.
+func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
+	p := s.authenticateHTTP(w, r)
+	if p == nil {
+		return
+	}
+	m, fail := s.Model(p, r.PathValue("model"))
+	writeJSON(w, m, fail)
+}
+
+// writeJSON answers v, or fail when not nil.
+func writeJSON(w http.ResponseWriter, v any, fail *Failure) {
 	if fail != nil {
 		fail.writeHTTP(w)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(list)
+	_ = json.NewEncoder(w).Encode(v)
 }
 
 // bodyPool recycles request body buffers: bodies are read whole (the model field decides

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/apierror"
 	"github.com/helixflow/helixflow/test/testengine"
@@ -168,6 +170,47 @@ func TestRefusalsAreOpenAIErrors(t *testing.T) {
 	if r.engine.Stats().Requests != 0 {
 		t.Errorf("refused requests reached the engine: %+v", r.engine.Stats())
 	}
+}
+
+// GET /v1/models/{model} (OpenAI's retrieve model) answers the served model to a key that may
+// use it, and 404 model_not_found for any other name or a key that may not.
+func TestRetrieveModel(t *testing.T) {
+	r := newRig(t, testengine.Config{Models: []string{"org/chat-7b"}}, nil)
+	r.s.model.set(&servingv1alpha1.InferenceModel{
+		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: "chat"},
+		Spec:       servingv1alpha1.InferenceModelSpec{Model: servingv1alpha1.ModelSource{Name: "org/chat-7b"}},
+		Status:     servingv1alpha1.InferenceModelStatus{ReadyReplicas: 1},
+	})
+	key := r.addKey("app", nil)
+	narrow := r.addKey("narrow", func(ak *servingv1alpha1.ApiKey) { ak.Spec.Models = []string{"other-model"} })
+	noList := r.addKey("infer", func(ak *servingv1alpha1.ApiKey) {
+		ak.Spec.Scopes = []servingv1alpha1.Scope{servingv1alpha1.ScopeInference}
+	})
+	get := func(path, key string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, r.url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = resp.Body.Close() })
+		return resp
+	}
+	for _, path := range []string{"/v1/models/org%2Fchat-7b", "/v1/models/org/chat-7b"} {
+		resp := get(path, key)
+		var m ModelEntry
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %v", path, resp.StatusCode, err)
+		}
+		if m.ID != "org/chat-7b" || m.Object != "model" || m.OwnedBy == "" {
+			t.Errorf("GET %s: %+v", path, m)
+		}
+	}
+	wantError(t, get("/v1/models/gpt-17", key), http.StatusNotFound, "model_not_found")
+	wantError(t, get("/v1/models/org%2Fchat-7b", narrow), http.StatusNotFound, "model_not_found")
+	wantError(t, get("/v1/models/org%2Fchat-7b", noList), http.StatusForbidden, "missing_scope")
+	wantError(t, get("/v1/models/org%2Fchat-7b", ""), http.StatusUnauthorized, "invalid_api_key")
 }
 
 // TestStreamFieldReadAsEnginesRead: the runtime and the engine must agree on whether a call

@@ -14,6 +14,8 @@ const ok = client(process.env.KEY);
 out.models = [];
 for await (const m of ok.models.list()) out.models.push(m.id);
 
+out.retrieved = (await ok.models.retrieve(model)).id;
+
 const chat = await ok.chat.completions.create({ model, messages, max_tokens: 6 });
 out.chat = { content: chat.choices[0].message.content, usage: chat.usage };
 
@@ -38,6 +40,7 @@ async function errorOf(fn) {
     return { class: err.constructor.name, status: err.status, code: err.code ?? null };
   }
 }
+out.notFound = await errorOf(() => ok.models.retrieve("no-such-model"));
 out.unauthenticated = await errorOf(() => client("hfk_wrong_key").chat.completions.create({ model, messages }));
 out.forbidden = await errorOf(() => client(process.env.NARROW_KEY).chat.completions.create({ model, messages }));
 await client(process.env.LIMITED_KEY).chat.completions.create({ model, messages, max_tokens: 1 });
