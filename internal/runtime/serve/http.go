@@ -41,7 +41,7 @@ func (s *Server) Handler() http.Handler {
 
 // headerCap refuses a request whose head is over --max-header-bytes with an OpenAI-shaped
 // 431. The fast path refuses those before they get here; this covers the connections net/http
-// serves, whose own refusal (beyond twice the cap, see stdServer) is plain text.
+// serves, whose own refusal (beyond twice the cap, see httpFront) is plain text.
 func (s *Server) headerCap(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if headSize(r) > s.maxHeaderBytes() {
