@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Sourced by the hack/install-*.sh scripts: apt_install WHO PACKAGE... installs the first of
 # the given Debian packages that installs (alternatives, best first) with apt-get, through
-# sudo when not root. apt's output goes to stderr; failures name WHO.
+# sudo when not root. apt's output goes to stderr; failures name WHO. Installs run one at a
+# time (flock): test packages run in parallel and may each install something, and apt-get
+# refuses to run beside another.
 
 apt_install() {
   local who=$1
@@ -16,10 +18,11 @@ apt_install() {
   fi
   export DEBIAN_FRONTEND=noninteractive
   echo "$who: installing $1 with apt-get" >&2
-  "${sudo[@]}" apt-get update -qq >&2
+  local lock=(flock --timeout 900 "${TMPDIR:-/tmp}/helixflow-apt.lock")
+  "${sudo[@]}" "${lock[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
   local pkg
   for pkg in "$@"; do
-    if "${sudo[@]}" apt-get install -y -qq --no-install-recommends "$pkg" >&2; then
+    if "${sudo[@]}" "${lock[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$pkg" >&2; then
       return 0
     fi
   done

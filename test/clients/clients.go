@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // RepoRoot returns the repository root: found from this source file's location, or (when
@@ -119,30 +120,37 @@ func ChromiumPath(tb testing.TB) string {
 }
 
 // OpenPage opens url in a headless chromium of its own (a fresh profile) that runs until ctx
-// ends or the test does; its output goes to the test log when the test fails.
-func OpenPage(ctx context.Context, tb testing.TB, url string) {
+// ends or the test does. exited is closed when chromium has ended (killed, or dead on its
+// own); its output goes to the test log when the test fails.
+func OpenPage(ctx context.Context, tb testing.TB, url string) (exited <-chan struct{}) {
 	tb.Helper()
 	bin := ChromiumPath(tb)
 	ctx, cancel := context.WithCancel(ctx)
 	args := []string{"--headless", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-		"--disable-extensions", "--disable-dev-shm-usage", "--user-data-dir=" + tb.TempDir()}
+		"--disable-extensions", "--disable-dev-shm-usage", "--disable-crash-reporter", "--disable-breakpad",
+		"--user-data-dir=" + tb.TempDir()}
 	if os.Geteuid() == 0 {
 		args = append(args, "--no-sandbox") // chromium refuses to run as root otherwise
 	}
 	cmd := exec.CommandContext(ctx, bin, append(args, url)...)
+	killTree(cmd) // chromium's helpers (zygote, renderers) go with it
+	cmd.WaitDelay = 5 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		cancel()
 		tb.Fatalf("starting chromium: %v", err)
 	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
 	tb.Cleanup(func() {
 		cancel()
-		_ = cmd.Wait()
+		<-done
 		if tb.Failed() {
 			tb.Logf("chromium's output:\n%s", tail(out.String()))
 		}
 	})
+	return done
 }
 
 // NodeCommand returns a command running `node <script> args...` in NodeSDKDir, where script is

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
@@ -38,6 +40,7 @@ type pageReport struct {
 	Origin          string   `json:"origin"`
 	Failed          string   `json:"failed"`
 	Models          pageStep `json:"models"`
+	Retrieve        pageStep `json:"retrieve"`
 	Chat            pageStep `json:"chat"`
 	Stream          pageStep `json:"stream"`
 	Unauthenticated pageStep `json:"unauthenticated"`
@@ -67,6 +70,7 @@ func TestBrowserPage(t *testing.T) {
 		t.Fatalf("page at %s: %+v", allowed, got)
 	}
 	var models []string
+	var retrieved string
 	var chat struct {
 		Content string      `json:"content"`
 		Usage   serve.Usage `json:"usage"`
@@ -82,11 +86,12 @@ func TestBrowserPage(t *testing.T) {
 		Usage    serve.Usage `json:"usage"`
 	}
 	decodeStep(t, "models.list", got.Models, &models)
+	decodeStep(t, "models.retrieve", got.Retrieve, &retrieved)
 	decodeStep(t, "chat", got.Chat, &chat)
 	decodeStep(t, "streamed chat", got.Stream, &stream)
 	decodeStep(t, "WebSocket stream", got.WebSocket, &ws)
-	if len(models) != 1 || models[0] != testengine.DefaultModel {
-		t.Errorf("models %v", models)
+	if len(models) != 1 || models[0] != testengine.DefaultModel || retrieved != testengine.DefaultModel {
+		t.Errorf("models %v, retrieved %q", models, retrieved)
 	}
 	if chat.Content != testengine.CompletionText(6) || chat.Usage.CompletionTokens != 6 {
 		t.Errorf("chat %+v", chat)
@@ -105,7 +110,8 @@ func TestBrowserPage(t *testing.T) {
 	if got.Origin != other || got.Failed != "" {
 		t.Fatalf("page at %s: %+v", other, got)
 	}
-	for name, step := range map[string]pageStep{"models.list": got.Models, "chat": got.Chat, "streamed chat": got.Stream, "a wrong key": got.Unauthenticated} {
+	for name, step := range map[string]pageStep{"models.list": got.Models, "models.retrieve": got.Retrieve, "chat": got.Chat,
+		"streamed chat": got.Stream, "a wrong key": got.Unauthenticated} {
 		if step.Error == nil || step.Error.Class != "APIConnectionError" {
 			t.Errorf("%s from an origin not allowed: %+v, want the browser to refuse it (the SDK's APIConnectionError)", name, step)
 		}
@@ -126,14 +132,15 @@ func decodeStep(t *testing.T, what string, step pageStep, v any) {
 }
 
 // servePage serves the page (test/clients/browser), the openai SDK's ES modules from the npm
-// install, and POST /report, whose bodies come out of the returned channel.
+// install (that package only), and POST /report, whose bodies come out of the returned
+// channel.
 func servePage(t *testing.T) (*httptest.Server, <-chan []byte) {
 	t.Helper()
-	modules := filepath.Join(clients.NodeSDKDir(t), "node_modules")
+	sdk := filepath.Join(clients.NodeSDKDir(t), "node_modules", "openai")
 	page := filepath.Join(clients.RepoRoot(), "test", "clients", "browser")
 	reports := make(chan []byte, 1)
 	mux := http.NewServeMux()
-	mux.Handle("GET /node_modules/", http.StripPrefix("/node_modules/", http.FileServer(http.Dir(modules))))
+	mux.Handle("GET /node_modules/openai/", http.StripPrefix("/node_modules/openai/", http.FileServer(http.Dir(sdk))))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, filepath.Join(page, "page.html")) })
 	mux.HandleFunc("GET /page.mjs", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, filepath.Join(page, "page.mjs")) })
 	mux.HandleFunc("POST /report", func(w http.ResponseWriter, r *http.Request) {
@@ -156,13 +163,13 @@ func servePage(t *testing.T) (*httptest.Server, <-chan []byte) {
 // runtime answers a preflight from the first.
 func allowOrigins(t *testing.T, c *cluster, origins ...string) {
 	t.Helper()
-	ctx := context.Background()
-	m := &servingv1alpha1.InferenceModel{}
-	if err := env.Client.Get(ctx, client.ObjectKey{Namespace: c.ns, Name: "chat"}, m); err != nil {
+	// A merge patch: the manager writes the object too (finalizer, status).
+	patch, err := json.Marshal(map[string]any{"spec": map[string]any{"auth": map[string]any{"allowedOrigins": origins}}})
+	if err != nil {
 		t.Fatal(err)
 	}
-	m.Spec.Auth.AllowedOrigins = origins
-	if err := env.Client.Update(ctx, m); err != nil {
+	m := &servingv1alpha1.InferenceModel{ObjectMeta: metav1.ObjectMeta{Namespace: c.ns, Name: "chat"}}
+	if err := env.Client.Patch(context.Background(), m, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the runtime allows "+origins[0], 30*time.Second, func() error {
@@ -184,14 +191,18 @@ func allowOrigins(t *testing.T, c *cluster, origins ...string) {
 	})
 }
 
-// openPage opens the page at origin in headless chromium and returns its report.
+// openPage opens the page at origin in headless chromium and returns its report. The key
+// travels in the URL's fragment, which the browser never sends to a server.
 func openPage(t *testing.T, origin, runtimeURL, key string, reports <-chan []byte) pageReport {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	q := url.Values{"runtime": {runtimeURL}, "key": {key}, "model": {testengine.DefaultModel}}
-	clients.OpenPage(ctx, t, origin+"/?"+q.Encode())
+	exited := clients.OpenPage(ctx, t, origin+"/#"+q.Encode())
 	select {
+	case <-exited:
+		t.Fatalf("chromium ended before the page at %s reported (its output is in the log)", origin)
+		return pageReport{}
 	case body := <-reports:
 		var r pageReport
 		if err := json.Unmarshal(body, &r); err != nil {

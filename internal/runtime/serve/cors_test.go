@@ -79,9 +79,15 @@ func TestCORSAllowedOrigin(t *testing.T) {
 		t.Fatalf("an error the page cannot read: %v", resp.Header)
 	}
 
-	resp = r.browserRequest(http.MethodGet, "/v1/models", origin, http.Header{"Authorization": {"Bearer " + key}}, "")
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != origin {
-		t.Fatalf("GET /v1/models: %d %v", resp.StatusCode, resp.Header)
+	for _, route := range []string{"/v1/models", "/v1/models/" + testengine.DefaultModel} {
+		resp = r.browserRequest(http.MethodOptions, route, origin, preflight("GET", "authorization"), "")
+		if resp.StatusCode != http.StatusNoContent || resp.Header.Get("Access-Control-Allow-Origin") != origin {
+			t.Fatalf("preflight for GET %s: %d %v", route, resp.StatusCode, resp.Header)
+		}
+		resp = r.browserRequest(http.MethodGet, route, origin, http.Header{"Authorization": {"Bearer " + key}}, "")
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != origin {
+			t.Fatalf("GET %s: %d %v", route, resp.StatusCode, resp.Header)
+		}
 	}
 
 	// Only the API's routes: not the probes, not the WebSocket (which has no preflight).

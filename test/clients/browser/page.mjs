@@ -1,10 +1,22 @@
 // A browser app calling runtime serve from another origin (see page.html). The page's URL
-// carries what it needs: ?runtime=<http base URL>&key=<API key>&model=<served model name>.
-// It reports one JSON object to POST /report on its own server: per step, {ok: ...} or
-// {error: {class, status, code, message}}.
-import OpenAI from "/node_modules/openai/index.mjs";
+// fragment carries what it needs: #runtime=<http base URL>&key=<API key>&model=<served model
+// name>. It reports one JSON object to POST /report on its own server: per step, {ok: ...} or
+// {error: {class, status, code, message}}; {failed: "..."} when the page itself failed.
 
-const q = new URLSearchParams(location.search);
+async function report(out) {
+  document.getElementById("out").textContent = JSON.stringify(out);
+  await fetch("/report", { method: "POST", body: JSON.stringify(out) });
+}
+
+let OpenAI;
+try {
+  ({ default: OpenAI } = await import("/node_modules/openai/index.mjs"));
+} catch (err) {
+  await report({ origin: location.origin, failed: "loading the openai SDK: " + err });
+  throw err;
+}
+
+const q = new URLSearchParams(location.hash.slice(1));
 const base = q.get("runtime");
 const key = q.get("key");
 const model = q.get("model");
@@ -61,6 +73,7 @@ try {
     for await (const m of client(key).models.list()) ids.push(m.id);
     return ids;
   });
+  out.retrieve = await attempt(async () => (await client(key).models.retrieve(model)).id);
   out.chat = await attempt(async () => {
     const chat = await client(key).chat.completions.create({ model, messages, max_tokens: 6 });
     return { content: chat.choices[0].message.content, usage: chat.usage };
@@ -79,5 +92,4 @@ try {
 } catch (err) {
   out.failed = String(err);
 }
-document.getElementById("out").textContent = JSON.stringify(out);
-await fetch("/report", { method: "POST", body: JSON.stringify(out) });
+await report(out);
