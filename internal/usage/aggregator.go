@@ -58,6 +58,7 @@ type Aggregator struct {
 	// object) before its usage is dropped: anyone who reaches the port can name keys that do
 	// not exist, and each would cost one.
 	confirms   *rate.Limiter
+	gone       goneUIDs
 	now        func() time.Time
 	log        logr.Logger
 	serverOpts []grpc.ServerOption

@@ -43,7 +43,10 @@
 // a name the manager's cache does not hold, or holds under another uid, costs a read from the
 // API server before it is dropped; those reads are limited (20 per second, bursts of 100, per
 // replica), and a batch that needs more is answered UNAVAILABLE and resent later, so a flood
-// of made-up names cannot turn into a flood of API requests.
+// of made-up names cannot turn into a flood of API requests. The uids found gone are
+// remembered (the last 16384), so each costs one read, and a batch naming many deleted keys
+// gets through over its resends. Such a flood still delays the usage of keys that are really
+// deleted or re-created while it lasts, and with it the batches behind it.
 package usage
 
 // RBAC for the aggregator: it reads ApiKeys (from the manager's cache) and writes their status.

@@ -23,6 +23,7 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/usage/usagev1"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // Reporter -> gRPC -> Aggregator -> ApiKey status: many requests from several goroutines over
@@ -385,24 +386,8 @@ func TestConfirmingReadsAreLimited(t *testing.T) {
 	for _, name := range []string{"a", "b", "c"} {
 		keys = append(keys, createKey(t, ns, name, nil))
 	}
-	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
-	blind := interceptor.NewClient(direct, interceptor.Funcs{ // a cache that has none of them
-		Get: func(_ context.Context, _ client.WithWatch, k client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
-			return apierrors.NewNotFound(servingv1alpha1.GroupVersion.WithResource("apikeys").GroupResource(), k.Name)
-		},
-	})
-	addr := freeAddr(t)
-	a := NewAggregator(blind, addr, WithFlushInterval(testFlushInterval), WithAPIReader(e.Client))
-	a.confirms = rate.NewLimiter(0, 1) // one read, never replenished
-	serve(t, a, addr)
-	req := &usagev1.ReportRequest{ReporterId: "pod-x", Seq: 1}
-	for _, k := range keys {
-		uid, _ := keyUIDs.Load(k)
-		req.Usage = append(req.Usage, &usagev1.KeyUsage{Namespace: ns, ApiKey: k.Name, ApiKeyUid: string(uid.(types.UID)), PromptTokens: 1, Requests: 1})
-	}
+	a := blindAggregator(t, e, rate.NewLimiter(0, 1)) // one read, never replenished
+	req := batchFor(keys)
 	if _, err := a.Report(t.Context(), req); status.Code(err) != codes.Unavailable {
 		t.Fatalf("Report with one confirming read for three unknown keys: %v, want Unavailable", err)
 	}
@@ -420,6 +405,68 @@ func TestConfirmingReadsAreLimited(t *testing.T) {
 		t.Fatalf("the resent batch: %v", err)
 	}
 	checkUsage(t, map[types.NamespacedName]counts{keys[0]: {1, 1}, keys[1]: {1, 1}, keys[2]: {1, 1}})
+}
+
+// Keys deleted while in use cost one confirming read each, once: a batch naming more of them
+// than the reads left for now gets through on its resends.
+func TestGoneKeysConfirmedOnce(t *testing.T) {
+	ns := newNamespace(t)
+	e := startEnv(t)
+	var keys []types.NamespacedName
+	for _, name := range []string{"a", "b", "c", "d", "e"} {
+		keys = append(keys, createKey(t, ns, name, nil))
+	}
+	req := batchFor(keys)
+	for _, k := range keys {
+		if err := e.Client.Delete(t.Context(), getKey(t, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := blindAggregator(t, e, rate.NewLimiter(0, 2))
+	limited := testutil.ToFloat64(confirmsLimitedTotal)
+	if _, err := a.Report(t.Context(), req); status.Code(err) != codes.Unavailable {
+		t.Fatalf("five deleted keys, two confirming reads: %v, want Unavailable", err)
+	}
+	if got := testutil.ToFloat64(confirmsLimitedTotal) - limited; got != 3 {
+		t.Errorf("%v keys refused a confirming read, want 3", got)
+	}
+	a.confirms = rate.NewLimiter(0, 3) // three more: enough only if the first two are remembered
+	if _, err := a.Report(t.Context(), req); err != nil {
+		t.Fatalf("the resent batch: %v", err)
+	}
+	if got := testutil.ToFloat64(confirmsLimitedTotal) - limited; got != 3 {
+		t.Errorf("%v keys refused a confirming read in all, want the first try's 3", got)
+	}
+}
+
+// blindAggregator serves an aggregator whose cache has no ApiKey, reading the API server
+// through confirms.
+func blindAggregator(t *testing.T, e *testenv.Env, confirms *rate.Limiter) *Aggregator {
+	t.Helper()
+	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blind := interceptor.NewClient(direct, interceptor.Funcs{
+		Get: func(_ context.Context, _ client.WithWatch, k client.ObjectKey, _ client.Object, _ ...client.GetOption) error {
+			return apierrors.NewNotFound(servingv1alpha1.GroupVersion.WithResource("apikeys").GroupResource(), k.Name)
+		},
+	})
+	addr := freeAddr(t)
+	a := NewAggregator(blind, addr, WithFlushInterval(testFlushInterval), WithAPIReader(e.Client))
+	a.confirms = confirms
+	serve(t, a, addr)
+	return a
+}
+
+// batchFor is a batch charging one request and one token to each key, as createKey made it.
+func batchFor(keys []types.NamespacedName) *usagev1.ReportRequest {
+	req := &usagev1.ReportRequest{ReporterId: "pod-x", Seq: 1}
+	for _, k := range keys {
+		uid, _ := keyUIDs.Load(k)
+		req.Usage = append(req.Usage, &usagev1.KeyUsage{Namespace: k.Namespace, ApiKey: k.Name, ApiKeyUid: string(uid.(types.UID)), PromptTokens: 1, Requests: 1})
+	}
+	return req
 }
 
 // startCache runs a controller-runtime cluster (informer cache + clients) until the test ends.

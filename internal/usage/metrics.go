@@ -24,7 +24,7 @@ var (
 	}, []string{"result"})
 	entriesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "helixflow_usage_key_entries_total",
-		Help: "Per-ApiKey usage entries of batches, by result: applied, duplicate (already counted, skipped), dropped (ApiKey deleted).",
+		Help: "Per-ApiKey usage entries of batches, by result: applied, duplicate (already counted, skipped), dropped (ApiKey deleted, or created again as another object). A resent batch is counted again.",
 	}, []string{"result"})
 	writeConflictsTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "helixflow_usage_write_conflicts_total",
@@ -32,7 +32,7 @@ var (
 	})
 	confirmsLimitedTotal = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "helixflow_usage_confirm_reads_limited_total",
-		Help: "Keys of usage batches not stored yet because the reads that confirm a key the cache does not have (or has as another object) were used up; the runtimes resend. Steady growth means something reports keys that do not exist.",
+		Help: "Confirming reads refused, once per key and attempt: usage for a key the cache does not have (or has as another object) was not stored yet, as the reads that confirm such keys were used up; the runtimes resend. Steady growth means something reports many keys that do not exist.",
 	})
 
 	registerOnce sync.Once

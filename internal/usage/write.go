@@ -17,8 +17,12 @@ import (
 // server after a conflict, so the duplicate check always sees the seqs of the version it
 // replaces, and before any usage is dropped: the cache may not have the key yet (created a
 // moment ago), or still hold the object it replaced (deleted and created again), and usage
-// is dropped only for a key that is really gone or really another object.
+// is dropped only for a key that is really gone or really another object. The uids found gone
+// are remembered, so that usage for them is dropped at once next time.
 func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, entries []entry) error {
+	if entries = a.skipGone(key, entries); len(entries) == 0 {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	var reader client.Reader = a.client
@@ -35,6 +39,7 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 				reread()
 				continue
 			case apierrors.IsNotFound(err):
+				a.gone.addEntries(entries, "")
 				a.dropped(key, len(entries), "deleted")
 				return nil
 			}
@@ -47,6 +52,9 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 			}
 			reread()
 			continue
+		}
+		if res.stale > 0 {
+			a.gone.addEntries(entries, ak.UID)
 		}
 		if res.applied == 0 {
 			a.counted(key, res)
@@ -62,6 +70,7 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 			writeConflictsTotal.Inc()
 			reread()
 		case apierrors.IsNotFound(err):
+			a.gone.addEntries(entries, "")
 			a.dropped(key, len(entries), "deleted")
 			return nil
 		default:
@@ -69,6 +78,20 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 		}
 	}
 	return fmt.Errorf("updating ApiKey status: still conflicting after %d attempts", maxWriteAttempts)
+}
+
+// skipGone drops the entries for uids known to be gone, and returns the others.
+func (a *Aggregator) skipGone(key types.NamespacedName, entries []entry) []entry {
+	live := make([]entry, 0, len(entries))
+	for _, e := range entries {
+		if e.uid == "" || !a.gone.has(e.uid) {
+			live = append(live, e)
+		}
+	}
+	if n := len(entries) - len(live); n > 0 {
+		a.dropped(key, n, "deleted (known)")
+	}
+	return live
 }
 
 // errConfirmsLimited fails a key whose usage needs a confirming read when none is left for
