@@ -61,7 +61,7 @@ func selectorLabels(m *servingv1alpha1.InferenceModel) map[string]string {
 // objectLabels go on every child object and pod.
 func (d modelDesired) objectLabels() map[string]string {
 	l := selectorLabels(d.model)
-	l["app.kubernetes.io/name"] = "helixflow-runtime"
+	l[servingv1alpha1.LabelAppName] = servingv1alpha1.RuntimeAppName
 	l["app.kubernetes.io/instance"] = d.model.Name
 	if d.pool != nil {
 		l[servingv1alpha1.LabelGPUPool] = d.pool.Name

@@ -18,6 +18,10 @@ const (
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	// ManagedByValue is the value of LabelManagedBy on HelixFlow's objects.
 	ManagedByValue = "helixflow"
+	// LabelAppName and RuntimeAppName mark the model pods (the runtime and its engine); the
+	// chart's NetworkPolicy lets only pods with both this and LabelManagedBy report usage.
+	LabelAppName   = "app.kubernetes.io/name"
+	RuntimeAppName = "helixflow-runtime"
 	// LabelInferenceModel names the InferenceModel a pod or child object belongs to.
 	LabelInferenceModel = "serving.helixflow.io/inference-model"
 	// LabelGPUPool names the GPUPool a pod or child object belongs to.

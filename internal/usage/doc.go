@@ -37,8 +37,10 @@
 // themselves (auth.KeyRefusal) as soon as they see the update.
 //
 // Security: the aggregator has no authentication of its own. Anyone who can reach its port can
-// charge usage to any ApiKey, so the port must only be reachable from inside the cluster, from
-// the model pods (NetworkPolicy); mutual TLS is not implemented yet. Requests are capped in
+// charge usage to any ApiKey, so the port must only be reachable from the model pods: the
+// chart and config/manager install a NetworkPolicy that allows only pods labelled as model
+// pods (app.kubernetes.io/name=helixflow-runtime, managed-by helixflow) to reach it, where the
+// network plugin enforces NetworkPolicy; mutual TLS is not implemented yet. Requests are capped in
 // size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued. An entry for
 // a name the manager's cache does not hold, or holds under another uid, costs a read from the
 // API server before it is dropped; those reads are limited (20 per second, bursts of 100, per

@@ -2,7 +2,9 @@ package helm_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +14,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 )
 
 func customValues() string { return filepath.Join("test", "helm", "testdata", "custom-values.yaml") }
@@ -63,6 +67,7 @@ func TestTemplateDefaults(t *testing.T) {
 		{"Service", "hf-helixflow-token"},
 		{"Service", "hf-helixflow-usage"},
 		{"Deployment", "hf-helixflow-manager"},
+		{"NetworkPolicy", "hf-helixflow-manager"},
 	} {
 		find(t, objs, kn[0], kn[1])
 	}
@@ -103,6 +108,7 @@ func TestTemplateDefaults(t *testing.T) {
 	checkRestricted(t, deploy)
 	checkProbesAndEnv(t, deploy)
 	checkServiceTargets(t, objs, deploy)
+	checkNetworkPolicy(t, objs, deploy)
 
 	applyDryRun(t, out)
 	checkPodAdmitted(t, deploy, ns)
@@ -154,6 +160,8 @@ func TestTemplateCustomValues(t *testing.T) {
 			t.Errorf("ServiceMonitor rendered with serviceMonitor.enabled: false")
 		case "Role", "RoleBinding":
 			t.Errorf("%s/%s rendered without leader election", o.GetKind(), o.GetName())
+		case "NetworkPolicy":
+			t.Errorf("NetworkPolicy rendered with networkPolicy.enabled: false")
 		}
 	}
 	usage := find(t, objs, "Service", "helixflow-usage")
@@ -353,6 +361,65 @@ func checkServiceTargets(t *testing.T, objs []*unstructured.Unstructured, deploy
 			if tp := p.(map[string]any)["targetPort"]; !portNames[tp.(string)] {
 				t.Errorf("Service %s targets port %v the manager does not name", o.GetName(), tp)
 			}
+		}
+	}
+}
+
+// checkNetworkPolicy: the manager's NetworkPolicy selects the manager pods, lets only model
+// pods (the labels the InferenceModel reconciler gives them) reach the usage port, and leaves
+// every other port of the manager open, so that a port added later is not cut off unnoticed.
+func checkNetworkPolicy(t *testing.T, objs []*unstructured.Unstructured, deploy *unstructured.Unstructured) {
+	t.Helper()
+	var np *unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "NetworkPolicy" {
+			np = o
+		}
+	}
+	if np == nil {
+		t.Fatal("no NetworkPolicy rendered")
+	}
+	podLabels, _, _ := unstructured.NestedStringMap(deploy.Object, "spec", "template", "metadata", "labels")
+	sel, _, _ := unstructured.NestedStringMap(np.Object, "spec", "podSelector", "matchLabels")
+	for k, v := range sel {
+		if podLabels[k] != v {
+			t.Errorf("NetworkPolicy selects %s=%s, the manager pods have %q", k, v, podLabels[k])
+		}
+	}
+	if len(sel) == 0 {
+		t.Error("NetworkPolicy selects every pod of the namespace")
+	}
+	rules := nested(t, np.Object, "spec", "ingress").([]any)
+	open := map[string]bool{}
+	usageFrom := false
+	for _, r := range rules {
+		rule := r.(map[string]any)
+		var ports []string
+		for _, p := range rule["ports"].([]any) {
+			ports = append(ports, fmt.Sprint(p.(map[string]any)["port"]))
+		}
+		from, limited := rule["from"].([]any)
+		if !limited {
+			for _, p := range ports {
+				open[p] = true
+			}
+			continue
+		}
+		runtime := map[string]string{servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue, servingv1alpha1.LabelAppName: servingv1alpha1.RuntimeAppName}
+		peer := from[0].(map[string]any)
+		got, _, _ := unstructured.NestedStringMap(peer, "podSelector", "matchLabels")
+		ns, _, _ := unstructured.NestedMap(peer, "namespaceSelector")
+		if len(from) != 1 || !reflect.DeepEqual(got, runtime) || ns == nil || len(ns) != 0 || !slices.Equal(ports, []string{"usage"}) {
+			t.Errorf("limited rule %v, want port usage from pods labelled %v in any namespace", rule, runtime)
+		}
+		usageFrom = true
+	}
+	if !usageFrom || open["usage"] {
+		t.Errorf("the usage port is open to all: %v", rules)
+	}
+	for _, p := range managerContainer(t, deploy)["ports"].([]any) {
+		if name := p.(map[string]any)["name"].(string); name != "usage" && !open[name] {
+			t.Errorf("NetworkPolicy closes the manager's port %s", name)
 		}
 	}
 }

@@ -71,6 +71,7 @@ func TestKustomizeDefault(t *testing.T) {
 	checkRestricted(t, kDeploy)
 	checkProbesAndEnv(t, kDeploy)
 	checkServiceTargets(t, objs, kDeploy)
+	checkNetworkPolicy(t, objs, kDeploy)
 	checkPodAdmitted(t, kDeploy, ns)
 	if !slices.Contains(args(t, kDeploy), "--usage-endpoint=helixflow-usage.helixflow-system.svc:9443") {
 		t.Errorf("kustomize manager args lack the usage endpoint: %v", args(t, kDeploy))
