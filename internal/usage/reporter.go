@@ -53,6 +53,7 @@ type Reporter struct {
 	// sendMu is held for each Report call: one batch on the wire at a time keeps them in
 	// order, which the aggregator's "seq above the last one" rule relies on.
 	sendMu sync.Mutex
+	streak int // failed calls since the last success; guarded by sendMu
 
 	mu       sync.Mutex
 	pending  map[batchKey]*usagev1.KeyUsage // recorded, not in a batch yet
@@ -257,10 +258,25 @@ func (r *Reporter) sendOne(ctx context.Context) (sent uint64, cut bool, err erro
 		r.mu.Lock()
 		r.failures++
 		r.mu.Unlock()
-		return b.GetSeq(), cut, fmt.Errorf("sending usage batch %d: %w", b.GetSeq(), err)
+		err = fmt.Errorf("sending usage batch %d: %w", b.GetSeq(), err)
+		r.failed(err)
+		return b.GetSeq(), cut, err
+	}
+	if r.streak > 0 {
+		r.log.Info("usage reports get through again", "failedCalls", r.streak)
+		r.streak = 0
 	}
 	r.acknowledged(b)
 	return b.GetSeq(), cut, nil
+}
+
+// failed logs a failed call: the first of a streak and then the 2nd, 4th, 8th... so that an
+// aggregator out of reach is seen in the log without a line per resend.
+func (r *Reporter) failed(err error) {
+	r.streak++
+	if r.streak&(r.streak-1) == 0 {
+		r.log.Error(err, "usage not reported yet; resending with backoff", "failedCalls", r.streak)
+	}
 }
 
 // current returns the batch to send: the unacknowledged one, exactly as it was first sent, or

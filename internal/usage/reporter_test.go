@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -101,6 +102,50 @@ func TestReporterResendsTheSameBatch(t *testing.T) {
 	}
 	if st := r.Stats(); st != (ReporterStats{Seq: 2, Failures: 3}) {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// An aggregator out of reach shows in the log without a line per resend: the 1st, 2nd, 4th...
+// failed call, then one line when reports get through again.
+func TestReporterLogsFailureStreaks(t *testing.T) {
+	f := &fakeAggregator{fail: func(call int) error {
+		if call <= 5 {
+			return status.Error(codes.Unavailable, "down")
+		}
+		return nil
+	}}
+	r := startFake(t, f)
+	var mu sync.Mutex
+	var lines []string
+	r.log = funcr.New(func(prefix, args string) {
+		mu.Lock()
+		defer mu.Unlock()
+		lines = append(lines, args)
+	}, funcr.Options{})
+	r.Record("ns", "k", "uid-1", 1, 1)
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var streaks []string
+	for _, l := range lines {
+		switch {
+		case strings.Contains(l, "usage not reported yet"):
+			_, calls, _ := strings.Cut(l, `"failedCalls"`)
+			streaks = append(streaks, `"failedCalls"`+calls)
+		case strings.Contains(l, "get through again") && strings.Contains(l, `"failedCalls"=5`):
+			streaks = append(streaks, "recovered")
+		}
+	}
+	want := []string{`"failedCalls"=1`, `"failedCalls"=2`, `"failedCalls"=4`, "recovered"}
+	if len(streaks) != len(want) {
+		t.Fatalf("log lines %q, want failed calls 1, 2, 4 and a recovery after 5", lines)
+	}
+	for i := range want {
+		if !strings.HasPrefix(streaks[i], want[i]) {
+			t.Fatalf("log lines %q, want failed calls 1, 2, 4 and a recovery after 5", lines)
+		}
 	}
 }
 

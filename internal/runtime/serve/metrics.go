@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // Metrics are the runtime's Prometheus metrics. Labels carry the served model and the
@@ -113,6 +115,34 @@ func NewMetrics() *Metrics {
 	m.registry.MustRegister(m.Requests, m.Latency, m.TimeToFirstTok, m.Tokens, m.Rejections, m.UpstreamErrors, m.StreamsWithoutUsage, m.InFlight,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// watchReporter exports the usage reporter's backlog: a runtime whose reports do not get
+// through (the aggregator down or out of reach) would otherwise charge nothing, silently.
+func (m *Metrics) watchReporter(stats func() usage.ReporterStats) {
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "helixflow_runtime_usage_pending_keys",
+			Help: "ApiKeys with usage recorded and not yet sent to the manager's usage aggregator.",
+		}, func() float64 { return float64(stats().PendingKeys) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "helixflow_runtime_usage_unacknowledged_batches",
+			Help: "1 while a usage batch waits for the aggregator's acknowledgement (it is resent until then), else 0.",
+		}, func() float64 {
+			if stats().Unacknowledged {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "helixflow_runtime_usage_batches_total",
+			Help: "Usage batches this runtime cut for the aggregator.",
+		}, func() float64 { return float64(stats().Seq) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "helixflow_runtime_usage_report_failures_total",
+			Help: "Usage reports to the aggregator that failed (and were resent).",
+		}, func() float64 { return float64(stats().Failures) }),
+	)
 }
 
 // Registry is what the metrics endpoint serves.

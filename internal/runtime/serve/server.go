@@ -141,6 +141,7 @@ func New(opts Options) (*Server, error) {
 			return nil, err
 		}
 		s.usage, s.reporter = rep, rep
+		s.metrics.watchReporter(rep.Stats)
 	}
 	s.limits = NewLimiter(opts.Now, func() int32 { return s.model.Load().ready })
 	s.forgetLater = func(f func()) { time.AfterFunc(opts.RequestTimeout+time.Minute, f) }

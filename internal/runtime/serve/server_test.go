@@ -17,6 +17,7 @@ import (
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/test/testengine"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // flushingUsage is a UsageRecorder with the reporter's Flush; it reports what state the
@@ -184,4 +185,59 @@ func TestShutdownFlushesAfterCutCallsRecord(t *testing.T) {
 	if len(u.log) != 2 || u.log[0] != "record" || u.log[1] != "flush" {
 		t.Fatalf("on shutdown: %v, want [record flush]", u.log)
 	}
+}
+
+// A runtime whose usage reports do not get through (the aggregator down or out of reach)
+// says so in its metrics: the backlog and the failed calls.
+func TestUsageReporterBacklogIsExported(t *testing.T) {
+	dead, err := testenv.FreeAddr() // nothing listens there
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := DefaultOptions()
+	opts.Model, opts.Namespace, opts.Upstream, opts.UsageEndpoint = testengine.DefaultModel, testNS, "http://127.0.0.1:1", dead
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.usage.Record(testNS, "app", "app-uid", 3, 4)
+	s.usage.Record(testNS, "other", "other-uid", 1, 0)
+	if got := gauge(t, s, "helixflow_runtime_usage_pending_keys"); got != 2 {
+		t.Fatalf("pending keys %v, want 2", got)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.reporter.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; _ = s.reporter.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	for gauge(t, s, "helixflow_runtime_usage_report_failures_total") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no failed usage report counted within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if gauge(t, s, "helixflow_runtime_usage_unacknowledged_batches") != 1 || gauge(t, s, "helixflow_runtime_usage_batches_total") != 1 ||
+		gauge(t, s, "helixflow_runtime_usage_pending_keys") != 0 {
+		t.Fatal("the batch in flight is not shown as unacknowledged")
+	}
+}
+
+// gauge is the value of the runtime's metric name (a single series).
+func gauge(t *testing.T, s *Server, name string) float64 {
+	t.Helper()
+	families, err := s.metrics.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			m := f.GetMetric()[0]
+			if c := m.GetCounter(); c != nil {
+				return c.GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
 }
