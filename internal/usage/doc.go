@@ -37,15 +37,16 @@
 // themselves (auth.KeyRefusal) as soon as they see the update.
 //
 // Security: the aggregator has no authentication of its own. Anyone who can reach its port can
-// charge usage to any ApiKey, so the port must only be reachable from the model pods: the
-// chart and config/manager install a NetworkPolicy that allows only pods labelled as model
-// pods (app.kubernetes.io/name=helixflow-runtime, managed-by helixflow) to reach it, where the
-// network plugin enforces NetworkPolicy; mutual TLS is not implemented yet. Requests are capped in
-// size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued. An entry for
-// a name the manager's cache does not hold, or holds under another uid, costs a read from the
-// API server before it is dropped; those reads are limited (20 per second, bursts of 100, per
-// replica), and a batch that needs more is answered UNAVAILABLE and resent later, so a flood
-// of made-up names cannot turn into a flood of API requests. The uids found gone are
+// charge usage to any ApiKey, so the port must only be reachable from the model pods: the chart
+// and config/manager install a NetworkPolicy that allows only pods labelled as model pods
+// (app.kubernetes.io/name=helixflow-runtime, managed-by helixflow) to reach it, where the
+// network plugin enforces NetworkPolicy. Labels can be copied by anyone who may create a pod:
+// authenticating the runtimes (mTLS, or ServiceAccount tokens) is not implemented yet. Requests
+// are capped in size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued.
+// An entry for a name the manager's cache does not hold, or holds under another uid, costs a
+// read from the API server before it is dropped; those reads are limited (20 per second, bursts
+// of 100, per replica), and a batch that needs more is answered UNAVAILABLE and resent later,
+// so a flood of made-up names cannot turn into a flood of API requests. The uids found gone are
 // remembered (the last 16384), so each costs one read, and a batch naming many deleted keys
 // gets through over its resends. Such a flood still delays the usage of keys that are really
 // deleted or re-created while it lasts, and with it the batches behind it.

@@ -60,6 +60,7 @@ type Reporter struct {
 	inflight *usagev1.ReportRequest         // cut and maybe sent, not acknowledged
 	seq      uint64                         // seq of the last batch cut
 	failures uint64
+	refused  uint64
 }
 
 // ReporterOption changes a Reporter's defaults.
@@ -204,13 +205,15 @@ type ReporterStats struct {
 	Seq uint64
 	// Failures counts failed Report calls so far.
 	Failures uint64
+	// Refused counts batches the aggregator refused as invalid: their counts are lost.
+	Refused uint64
 }
 
 // Stats returns the current backlog.
 func (r *Reporter) Stats() ReporterStats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return ReporterStats{PendingKeys: len(r.pending), Unacknowledged: r.inflight != nil, Seq: r.seq, Failures: r.failures}
+	return ReporterStats{PendingKeys: len(r.pending), Unacknowledged: r.inflight != nil, Seq: r.seq, Failures: r.failures, Refused: r.refused}
 }
 
 // send sends batches, each resent with capped exponential backoff until acknowledged. With
@@ -248,10 +251,14 @@ func (r *Reporter) sendOne(ctx context.Context) (sent uint64, cut bool, err erro
 	callCtx, cancel := context.WithTimeout(ctx, r.callTimeout)
 	defer cancel()
 	_, err = r.client.Report(callCtx, b)
-	if status.Code(err) == codes.InvalidArgument {
+	refused := status.Code(err) == codes.InvalidArgument
+	if refused {
 		// Resending cannot help and would block every later batch; Record keeps this from
 		// happening, so it is a bug worth a loud log rather than a stuck reporter.
 		r.log.Error(err, "usage batch refused as invalid; its counts are lost", "seq", b.GetSeq())
+		r.mu.Lock()
+		r.refused++
+		r.mu.Unlock()
 		err = nil
 	}
 	if err != nil {
@@ -262,7 +269,7 @@ func (r *Reporter) sendOne(ctx context.Context) (sent uint64, cut bool, err erro
 		r.failed(err)
 		return b.GetSeq(), cut, err
 	}
-	if r.streak > 0 {
+	if r.streak > 0 && !refused {
 		r.log.Info("usage reports get through again", "failedCalls", r.streak)
 		r.streak = 0
 	}

@@ -214,6 +214,9 @@ func TestReporterDropsInvalidBatch(t *testing.T) {
 	if got := f.received(); len(got) != 2 || got[1].GetSeq() != 2 {
 		t.Fatalf("calls %v: the invalid batch must not block the next one", got)
 	}
+	if st := r.Stats(); st.Refused != 1 || st.Failures != 0 {
+		t.Fatalf("stats %+v, want the refused batch counted as such", st)
+	}
 }
 
 func TestFlushEndsWithItsContext(t *testing.T) {

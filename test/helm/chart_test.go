@@ -368,17 +368,20 @@ func checkServiceTargets(t *testing.T, objs []*unstructured.Unstructured, deploy
 // checkNetworkPolicy: the manager's NetworkPolicy selects the manager pods, lets only model
 // pods (the labels the InferenceModel reconciler gives them) reach the usage port, and leaves
 // every other port of the manager open, so that a port added later is not cut off unnoticed.
+// A rule without ports opens every port; one without peers (or an empty list) admits every
+// source; ports may be named or numbered.
 func checkNetworkPolicy(t *testing.T, objs []*unstructured.Unstructured, deploy *unstructured.Unstructured) {
 	t.Helper()
-	var np *unstructured.Unstructured
+	var policies []*unstructured.Unstructured
 	for _, o := range objs {
 		if o.GetKind() == "NetworkPolicy" {
-			np = o
+			policies = append(policies, o)
 		}
 	}
-	if np == nil {
-		t.Fatal("no NetworkPolicy rendered")
+	if len(policies) != 1 {
+		t.Fatalf("%d NetworkPolicies rendered, want 1", len(policies))
 	}
+	np := policies[0]
 	podLabels, _, _ := unstructured.NestedStringMap(deploy.Object, "spec", "template", "metadata", "labels")
 	sel, _, _ := unstructured.NestedStringMap(np.Object, "spec", "podSelector", "matchLabels")
 	for k, v := range sel {
@@ -389,36 +392,54 @@ func checkNetworkPolicy(t *testing.T, objs []*unstructured.Unstructured, deploy 
 	if len(sel) == 0 {
 		t.Error("NetworkPolicy selects every pod of the namespace")
 	}
-	rules := nested(t, np.Object, "spec", "ingress").([]any)
+	// The manager's ports, by name and by number.
+	portName := map[string]string{}
+	var all []string
+	for _, p := range managerContainer(t, deploy)["ports"].([]any) {
+		port := p.(map[string]any)
+		name := port["name"].(string)
+		portName[name], portName[fmt.Sprint(port["containerPort"])] = name, name
+		all = append(all, name)
+	}
+	runtime := map[string]string{servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue, servingv1alpha1.LabelAppName: servingv1alpha1.RuntimeAppName}
 	open := map[string]bool{}
-	usageFrom := false
+	usageFromRuntimes := false
+	rules, _, _ := unstructured.NestedSlice(np.Object, "spec", "ingress")
 	for _, r := range rules {
-		rule := r.(map[string]any)
+		rule, _ := r.(map[string]any)
 		var ports []string
-		for _, p := range rule["ports"].([]any) {
-			ports = append(ports, fmt.Sprint(p.(map[string]any)["port"]))
+		rawPorts, _ := rule["ports"].([]any)
+		for _, p := range rawPorts {
+			port, _ := p.(map[string]any)
+			if _, ranged := port["endPort"]; ranged || port["port"] == nil {
+				ports = append(ports, all...) // a range, or every port: taken as all of them
+				continue
+			}
+			ports = append(ports, portName[fmt.Sprint(port["port"])])
 		}
-		from, limited := rule["from"].([]any)
-		if !limited {
+		if len(rawPorts) == 0 {
+			ports = all
+		}
+		from, _ := rule["from"].([]any)
+		if len(from) == 0 {
 			for _, p := range ports {
 				open[p] = true
 			}
 			continue
 		}
-		runtime := map[string]string{servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue, servingv1alpha1.LabelAppName: servingv1alpha1.RuntimeAppName}
-		peer := from[0].(map[string]any)
+		peer, _ := from[0].(map[string]any)
 		got, _, _ := unstructured.NestedStringMap(peer, "podSelector", "matchLabels")
-		ns, _, _ := unstructured.NestedMap(peer, "namespaceSelector")
-		if len(from) != 1 || !reflect.DeepEqual(got, runtime) || ns == nil || len(ns) != 0 || !slices.Equal(ports, []string{"usage"}) {
+		ns, hasNS, _ := unstructured.NestedMap(peer, "namespaceSelector")
+		if len(from) != 1 || !reflect.DeepEqual(got, runtime) || !hasNS || len(ns) != 0 || !slices.Equal(ports, []string{"usage"}) {
 			t.Errorf("limited rule %v, want port usage from pods labelled %v in any namespace", rule, runtime)
 		}
-		usageFrom = true
+		usageFromRuntimes = true
 	}
-	if !usageFrom || open["usage"] {
+	if !usageFromRuntimes || open["usage"] {
 		t.Errorf("the usage port is open to all: %v", rules)
 	}
-	for _, p := range managerContainer(t, deploy)["ports"].([]any) {
-		if name := p.(map[string]any)["name"].(string); name != "usage" && !open[name] {
+	for _, name := range all {
+		if name != "usage" && !open[name] {
 			t.Errorf("NetworkPolicy closes the manager's port %s", name)
 		}
 	}

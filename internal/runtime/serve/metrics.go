@@ -142,6 +142,10 @@ func (m *Metrics) watchReporter(stats func() usage.ReporterStats) {
 			Name: "helixflow_runtime_usage_report_failures_total",
 			Help: "Usage reports to the aggregator that failed (and were resent).",
 		}, func() float64 { return float64(stats().Failures) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "helixflow_runtime_usage_batches_refused_total",
+			Help: "Usage batches the aggregator refused as invalid: their counts are lost (a bug; see the runtime's log).",
+		}, func() float64 { return float64(stats().Refused) }),
 	)
 }
 
