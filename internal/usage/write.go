@@ -30,28 +30,26 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 	reread := func() { reader, direct = a.uncached(), true }
 	for range maxWriteAttempts {
 		ak := &servingv1alpha1.ApiKey{}
-		if err := reader.Get(ctx, key, ak); err != nil {
-			switch {
-			case apierrors.IsNotFound(err) && !direct:
-				if err := a.confirm(); err != nil {
-					return err
-				}
-				reread()
-				continue
-			case apierrors.IsNotFound(err):
-				a.gone.addEntries(entries, "")
-				a.dropped(key, len(entries), "deleted")
-				return nil
-			}
+		err := reader.Get(ctx, key, ak)
+		notFound := apierrors.IsNotFound(err)
+		if err != nil && !notFound {
 			return fmt.Errorf("reading ApiKey: %w", err)
 		}
-		res := applyEntries(ak, entries, a.now())
-		if res.stale > 0 && !direct {
+		var res applyResult
+		if !notFound {
+			res = applyEntries(ak, entries, a.now())
+		}
+		if (notFound || res.stale > 0) && !direct {
+			// Usage would be dropped on the cache's word: ask the API server first.
 			if err := a.confirm(); err != nil {
 				return err
 			}
 			reread()
 			continue
+		}
+		if notFound {
+			a.deleted(key, entries)
+			return nil
 		}
 		if res.stale > 0 {
 			a.gone.addEntries(entries, ak.UID)
@@ -60,7 +58,7 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 			a.counted(key, res)
 			return nil
 		}
-		err := a.client.Status().Update(ctx, ak)
+		err = a.client.Status().Update(ctx, ak)
 		switch {
 		case err == nil:
 			entriesTotal.WithLabelValues(resultApplied).Add(float64(res.applied))
@@ -70,14 +68,19 @@ func (a *Aggregator) writeKey(ctx context.Context, key types.NamespacedName, ent
 			writeConflictsTotal.Inc()
 			reread()
 		case apierrors.IsNotFound(err):
-			a.gone.addEntries(entries, "")
-			a.dropped(key, len(entries), "deleted")
+			a.deleted(key, entries)
 			return nil
 		default:
 			return fmt.Errorf("updating ApiKey status: %w", err)
 		}
 	}
 	return fmt.Errorf("updating ApiKey status: still conflicting after %d attempts", maxWriteAttempts)
+}
+
+// deleted drops the entries of a key the API server does not have, and remembers their uids.
+func (a *Aggregator) deleted(key types.NamespacedName, entries []entry) {
+	a.gone.addEntries(entries, "")
+	a.dropped(key, len(entries), "deleted")
 }
 
 // skipGone drops the entries for uids known to be gone, and returns the others.

@@ -120,33 +120,36 @@ func NewMetrics() *Metrics {
 // watchReporter exports the usage reporter's backlog: a runtime whose reports do not get
 // through (the aggregator down or out of reach) would otherwise charge nothing, silently.
 func (m *Metrics) watchReporter(stats func() usage.ReporterStats) {
-	m.registry.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "helixflow_runtime_usage_pending_keys",
-			Help: "ApiKeys with usage recorded and not yet sent to the manager's usage aggregator.",
-		}, func() float64 { return float64(stats().PendingKeys) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "helixflow_runtime_usage_unacknowledged_batches",
-			Help: "1 while a usage batch waits for the aggregator's acknowledgement (it is resent until then), else 0.",
-		}, func() float64 {
-			if stats().Unacknowledged {
-				return 1
-			}
-			return 0
-		}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "helixflow_runtime_usage_batches_total",
-			Help: "Usage batches this runtime cut for the aggregator.",
-		}, func() float64 { return float64(stats().Seq) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "helixflow_runtime_usage_report_failures_total",
-			Help: "Usage reports to the aggregator that failed (and were resent).",
-		}, func() float64 { return float64(stats().Failures) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "helixflow_runtime_usage_batches_refused_total",
-			Help: "Usage batches the aggregator refused as invalid: their counts are lost (a bug; see the runtime's log).",
-		}, func() float64 { return float64(stats().Refused) }),
-	)
+	for _, f := range []struct {
+		name, help string
+		counter    bool
+		value      func(usage.ReporterStats) uint64
+	}{
+		{"helixflow_runtime_usage_pending_keys", "ApiKeys with usage recorded and not yet sent to the manager's usage aggregator.",
+			false, func(st usage.ReporterStats) uint64 { return uint64(st.PendingKeys) }},
+		{"helixflow_runtime_usage_unacknowledged_batches", "1 while a usage batch waits for the aggregator's acknowledgement (it is resent until then), else 0.",
+			false, func(st usage.ReporterStats) uint64 { return uint64(boolToInt(st.Unacknowledged)) }},
+		{"helixflow_runtime_usage_batches_total", "Usage batches this runtime cut for the aggregator.",
+			true, func(st usage.ReporterStats) uint64 { return st.Seq }},
+		{"helixflow_runtime_usage_report_failures_total", "Usage reports to the aggregator that failed (and were resent).",
+			true, func(st usage.ReporterStats) uint64 { return st.Failures }},
+		{"helixflow_runtime_usage_batches_refused_total", "Usage batches the aggregator refused as invalid: their counts are lost (a bug; see the runtime's log).",
+			true, func(st usage.ReporterStats) uint64 { return st.Refused }},
+	} {
+		read := func() float64 { return float64(f.value(stats())) }
+		if f.counter {
+			m.registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: f.name, Help: f.help}, read))
+		} else {
+			m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: f.name, Help: f.help}, read))
+		}
+	}
+}
+
+func boolToInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Registry is what the metrics endpoint serves.
