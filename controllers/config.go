@@ -57,6 +57,9 @@ type Config struct {
 	TokenServiceBindAddress string
 	// UsageBindAddress serves the gRPC usage aggregator runtimes report to; "0" disables it.
 	UsageBindAddress string
+	// UsageAllowUnauthenticated makes the aggregator take batches sent without a
+	// ServiceAccount token (runtimes from before tokens); sent tokens are checked all the same.
+	UsageAllowUnauthenticated bool
 
 	// Exposure configures the Ingresses, routes and Certificates of spec.endpoint.
 	Exposure ExposureConfig

@@ -19,6 +19,7 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/fetch"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // Paths inside model pods.
@@ -28,6 +29,10 @@ const (
 	tmpMountPath    = "/tmp"
 	shmMountPath    = "/dev/shm"
 	gpuClaimName    = "gpus"
+	// usageTokenDir holds the runtime's ServiceAccount token for the usage aggregator.
+	usageTokenDir = "/var/run/secrets/helixflow/usage"
+	// usageTokenSeconds is that token's lifetime; the kubelet replaces it at 80%.
+	usageTokenSeconds int64 = 3600
 	// nonRootUID is the user every container runs as (PSS restricted needs non-root).
 	nonRootUID int64 = 65532
 )
@@ -299,6 +304,15 @@ func (d modelDesired) volumes() []corev1.Volume {
 	if ref := d.model.Spec.Model.CredentialsSecretRef; ref != nil {
 		vols = append(vols, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: ref.Name}}})
 	}
+	if d.cfg.UsageEndpoint != "" {
+		// The runtime proves to the usage aggregator which namespace it reports for with a
+		// token of the pod's ServiceAccount that only the aggregator accepts.
+		vols = append(vols, corev1.Volume{Name: "usage-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+				Audience: usage.TokenAudience, ExpirationSeconds: ptr.To(usageTokenSeconds), Path: "token",
+			}}},
+		}}})
+	}
 	return vols
 }
 
@@ -438,13 +452,16 @@ func (d modelDesired) runtimeContainer() corev1.Container {
 		fmt.Sprintf("--grpc-address=:%d", servingv1alpha1.RuntimeGRPCPort),
 		fmt.Sprintf("--metrics-address=:%d", servingv1alpha1.RuntimeMetricsPort),
 	}
+	var mounts []corev1.VolumeMount
 	if d.cfg.UsageEndpoint != "" {
-		args = append(args, "--usage-endpoint="+d.cfg.UsageEndpoint)
+		args = append(args, "--usage-endpoint="+d.cfg.UsageEndpoint, "--usage-token-file="+usageTokenDir+"/token")
+		mounts = append(mounts, corev1.VolumeMount{Name: "usage-token", MountPath: usageTokenDir, ReadOnly: true})
 	}
 	return corev1.Container{
 		Name:            containerRuntime,
 		Image:           d.cfg.RuntimeImage,
 		Args:            args,
+		VolumeMounts:    mounts,
 		SecurityContext: restrictedContext(),
 		Ports: []corev1.ContainerPort{
 			{Name: "http", ContainerPort: servingv1alpha1.RuntimeHTTPPort, Protocol: corev1.ProtocolTCP},

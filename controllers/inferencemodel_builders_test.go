@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // The builders are pure, so these tests need no API server: they build a model and a pool
@@ -1059,5 +1060,43 @@ func TestWeightsCacheClaim(t *testing.T) {
 	pod = cached(makeModel("llama").URI("pvc://weights/llama").Obj())
 	if v := findVolume(t, pod.Volumes, "models"); v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != "weights" || !v.PersistentVolumeClaim.ReadOnly {
 		t.Errorf("pvc:// models volume = %+v", v.VolumeSource)
+	}
+}
+
+// With a usage endpoint the runtime gets a projected ServiceAccount token for the usage
+// aggregator's audience, mounted into it alone, and the flag that names the file; without
+// one, neither.
+func TestBuilderUsageToken(t *testing.T) {
+	m := makeModel("llama").Obj()
+	spec := mustDeployment(t, desiredFor(m, nil, 1)).Spec.Template.Spec
+	runtime := findContainer(t, spec.Containers, containerRuntime)
+	for _, want := range []string{"--usage-endpoint=usage.test:9443", "--usage-token-file=" + usageTokenDir + "/token"} {
+		if !slices.Contains(runtime.Args, want) {
+			t.Errorf("runtime args %v lack %s", runtime.Args, want)
+		}
+	}
+	vol := findVolume(t, spec.Volumes, "usage-token")
+	want := &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+		Audience: usage.TokenAudience, ExpirationSeconds: ptr.To[int64](3600), Path: "token"}}}}
+	if diff := cmp.Diff(want, vol.Projected); diff != "" {
+		t.Errorf("usage-token volume (-want +got):\n%s", diff)
+	}
+	for _, c := range append(spec.InitContainers, spec.Containers...) {
+		i := slices.IndexFunc(c.VolumeMounts, func(vm corev1.VolumeMount) bool { return vm.Name == "usage-token" })
+		switch {
+		case c.Name == containerRuntime && (i < 0 || c.VolumeMounts[i].MountPath != usageTokenDir || !c.VolumeMounts[i].ReadOnly):
+			t.Errorf("runtime mounts %v, want usage-token read-only at %s", c.VolumeMounts, usageTokenDir)
+		case c.Name != containerRuntime && i >= 0:
+			t.Errorf("container %s mounts the usage token", c.Name)
+		}
+	}
+
+	cfg := builderTestConfig
+	cfg.UsageEndpoint = ""
+	spec = mustDeployment(t, modelDesired{model: m, replicas: 1, cfg: cfg}).Spec.Template.Spec
+	runtime = findContainer(t, spec.Containers, containerRuntime)
+	if slices.ContainsFunc(runtime.Args, func(a string) bool { return strings.HasPrefix(a, "--usage-") }) || len(runtime.VolumeMounts) != 0 ||
+		slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool { return v.Name == "usage-token" }) {
+		t.Errorf("without a usage endpoint: args %v, mounts %v, volumes %v; want no usage flags or token", runtime.Args, runtime.VolumeMounts, spec.Volumes)
 	}
 }

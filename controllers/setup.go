@@ -93,6 +93,7 @@ func setupAuth(mgr ctrl.Manager, cfg Config) error {
 	}
 	if cfg.UsageBindAddress != "0" {
 		agg := usage.NewAggregator(mgr.GetClient(), cfg.UsageBindAddress, usage.WithAPIReader(mgr.GetAPIReader()),
+			usage.WithReporterAuthentication(mgr.GetClient(), cfg.UsageAllowUnauthenticated),
 			usage.WithAggregatorLogger(mgr.GetLogger().WithName("usage")))
 		if err := mgr.Add(agg); err != nil {
 			return fmt.Errorf("adding usage aggregator: %w", err)

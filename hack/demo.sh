@@ -208,10 +208,14 @@ up() {
   start test-engine "$bin/helixflow-test-engine" --address "127.0.0.1:$engine_port" --model "$served" --chunk-interval 150ms
   wait_http "http://127.0.0.1:$engine_port/health" test-engine
   # As in a model pod, but as a local process: it reads its InferenceModel and the namespace's
-  # ApiKeys from the API server and reports usage to the manager's aggregator.
+  # ApiKeys from the API server and reports usage to the manager's aggregator, with a token of
+  # the model's ServiceAccount for the aggregator's audience (usage.TokenAudience). In a pod
+  # the kubelet projects it and replaces it hourly; here kubectl asks for one that lasts a day.
+  local usage_token="$DEMO_DIR/usage-token"
+  (umask 077 && k create token "$model" -n "$ns" --audience usage.serving.helixflow.io --duration 24h >"$usage_token")
   start runtime-serve "$bin/runtime" serve --model "$model" --namespace "$ns" --kubeconfig "$KUBECONFIG" \
     --upstream "http://127.0.0.1:$engine_port" --http-address "127.0.0.1:$runtime_port" --grpc-address 0 \
-    --metrics-address "127.0.0.1:$runtime_metrics" --usage-endpoint "127.0.0.1:$usage"
+    --metrics-address "127.0.0.1:$runtime_metrics" --usage-endpoint "127.0.0.1:$usage" --usage-token-file "$usage_token"
   local url="http://127.0.0.1:$runtime_port"
   wait_http "$url/readyz" runtime-serve
   note "ready at $url (metrics at http://127.0.0.1:$runtime_metrics/metrics)"
@@ -268,7 +272,7 @@ down() {
   else
     go run ./hack/local-cluster down --dir "$cluster_dir"
   fi
-  rm -rf "$logs"
+  rm -rf "$logs" "$DEMO_DIR/usage-token"
   rmdir "$DEMO_DIR" 2>/dev/null || true
   note "done"
 }

@@ -70,6 +70,8 @@ func main() {
 	flag.StringVar(&cfg.JWTIssuer, "jwt-issuer", cfg.JWTIssuer, "The iss claim of issued tokens, which runtimes require.")
 	flag.StringVar(&cfg.UsageBindAddress, "usage-bind-address", cfg.UsageBindAddress,
 		"Address the gRPC usage aggregator (runtimes report per-key token usage to it) binds to; 0 disables it.")
+	flag.BoolVar(&cfg.UsageAllowUnauthenticated, "usage-allow-unauthenticated", cfg.UsageAllowUnauthenticated,
+		"Take usage reports sent without a ServiceAccount token, from runtimes older than tokens, while upgrading them; reports with a token are checked all the same.")
 	flag.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "Lifetime of an issued token when the request does not ask for one.")
 	flag.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", cfg.MaxTokenTTL, "Longest lifetime a token request may ask for.")
 	flag.StringVar(&cfg.Exposure.DefaultIngressClass, "default-ingress-class", cfg.Exposure.DefaultIngressClass,

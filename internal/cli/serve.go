@@ -13,6 +13,7 @@ import (
 
 	"github.com/helixflow/helixflow/internal/runtime/procs"
 	"github.com/helixflow/helixflow/internal/runtime/serve"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 func newServeCommand() *cobra.Command {
@@ -40,6 +41,7 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.StringVar(&opts.GRPCAddress, "grpc-address", opts.GRPCAddress, "Address of the gRPC Inference, health and reflection services; 0 disables it.")
 	f.StringVar(&opts.MetricsAddress, "metrics-address", opts.MetricsAddress, "Address of the Prometheus metrics endpoint; 0 disables it.")
 	f.StringVar(&opts.UsageEndpoint, "usage-endpoint", "", "gRPC address (host:port) of the manager's usage aggregator; empty disables usage reporting.")
+	f.StringVar(&opts.UsageTokenFile, "usage-token-file", "", "ServiceAccount token (audience "+usage.TokenAudience+") sent with each usage report, read again for each: the projected token the manager mounts into model pods. Empty sends none, which the aggregator refuses unless run with --usage-allow-unauthenticated.")
 	f.Int64Var(&opts.MaxBodyBytes, "max-body-bytes", opts.MaxBodyBytes, "Largest request body accepted (413 beyond).")
 	f.IntVar(&opts.MaxHeaderBytes, "max-header-bytes", opts.MaxHeaderBytes, "Largest request header block accepted (431 beyond).")
 	f.DurationVar(&opts.RequestTimeout, "request-timeout", opts.RequestTimeout, "Longest engine call, streams included (504 when the engine has not answered by then).")

@@ -59,6 +59,7 @@ type Aggregator struct {
 	// not exist, and each would cost one.
 	confirms   *rate.Limiter
 	gone       goneUIDs
+	auth       *reporterAuth // nil: every batch is taken
 	now        func() time.Time
 	log        logr.Logger
 	serverOpts []grpc.ServerOption
@@ -86,6 +87,15 @@ func WithAPIReader(r client.Reader) AggregatorOption {
 	return func(a *Aggregator) { a.apiReader = r }
 }
 
+// WithReporterAuthentication takes batches only from runtimes that send a ServiceAccount
+// token for TokenAudience, which a TokenReview created through c vouches for, and only for
+// ApiKeys of that ServiceAccount's namespace. With allowUnauthenticated, batches without a
+// token are taken too (from runtimes that predate tokens, during an upgrade). Without this
+// option every batch is taken.
+func WithReporterAuthentication(c client.Client, allowUnauthenticated bool) AggregatorOption {
+	return func(a *Aggregator) { a.auth = newReporterAuth(c, allowUnauthenticated, time.Now) }
+}
+
 // WithClock sets the clock that decides quota windows and report times (time.Now).
 func WithClock(now func() time.Time) AggregatorOption {
 	return func(a *Aggregator) { a.now = now }
@@ -110,6 +120,9 @@ func NewAggregator(c client.Client, addr string, opts ...AggregatorOption) *Aggr
 		now: time.Now, log: logr.Discard(), pending: newRound()}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.auth != nil {
+		a.auth.now = a.now
 	}
 	return a
 }
@@ -180,10 +193,26 @@ func stopGracefully(srv *grpc.Server, timeout time.Duration) {
 // Report queues the batch and answers once its counts are stored (usagev1.UsageAggregatorServer).
 // The flush loop of Serve stores them: on an Aggregator that is not serving it waits for ctx.
 func (a *Aggregator) Report(ctx context.Context, req *usagev1.ReportRequest) (*usagev1.ReportResponse, error) {
+	var caller reviewed
+	if a.auth != nil {
+		var err error
+		if caller, err = a.auth.authenticate(ctx); err != nil {
+			result := resultUnauthenticated
+			if status.Code(err) == codes.Unavailable {
+				result = resultError
+			}
+			reportsTotal.WithLabelValues(result).Inc()
+			return nil, err
+		}
+	}
 	b, err := parseBatch(req)
 	if err != nil {
 		reportsTotal.WithLabelValues(resultInvalid).Inc()
 		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := authorize(caller, b); err != nil {
+		reportsTotal.WithLabelValues(resultForbidden).Inc()
+		return nil, err
 	}
 	r := a.enqueue(b)
 	select {

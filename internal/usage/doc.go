@@ -36,22 +36,35 @@
 // QuotaExhausted condition (auth.SetQuotaCondition); runtimes refuse the key from the counts
 // themselves (auth.KeyRefusal) as soon as they see the update.
 //
-// Security: the aggregator has no authentication of its own. Anyone who can reach its port can
-// charge usage to any ApiKey, so the port must only be reachable from the model pods: the chart
-// and config/manager install a NetworkPolicy that allows only pods labelled as model pods
-// (app.kubernetes.io/name=helixflow-runtime, managed-by helixflow) to reach it, where the
-// network plugin enforces NetworkPolicy. Labels can be copied by anyone who may create a pod:
-// authenticating the runtimes (mTLS, or ServiceAccount tokens) is not implemented yet. Requests
-// are capped in size (MaxRequestBytes, MaxBatchKeys) and validated before anything is queued.
-// An entry for a name the manager's cache does not hold, or holds under another uid, costs a
-// read from the API server before it is dropped; those reads are limited (20 per second, bursts
-// of 100, per replica), and a batch that needs more is answered UNAVAILABLE and resent later,
-// so a flood of made-up names cannot turn into a flood of API requests. The uids found gone are
-// remembered (the last 16384), so each costs one read, and a batch naming many deleted keys
-// gets through over its resends. Such a flood still delays the usage of keys that are really
-// deleted or re-created while it lasts, and with it the batches behind it.
+// Security: each runtime sends, with every batch, a token of its pod's ServiceAccount for
+// TokenAudience (projected into model pods by the InferenceModel reconciler, read again for
+// each batch: runtime serve --usage-token-file). The aggregator asks the API server who it
+// belongs to (a TokenReview, remembered for a minute per token), refuses a batch without a
+// valid one (UNAUTHENTICATED) and one that names an ApiKey outside the ServiceAccount's
+// namespace (PERMISSION_DENIED), before anything is queued. The namespace is the boundary:
+// whoever may create pods in a namespace may run them as its models' ServiceAccounts, and so
+// charge its ApiKeys, but no other namespace's. The API server does not take a token of that
+// audience, and the aggregator no token of another. TokenReviews of tokens not seen in the
+// last minute are limited (50 per second, bursts of 200, per replica; beyond, UNAVAILABLE and
+// the runtime resends), so made-up tokens cannot turn into a flood of API requests. The
+// manager's --usage-allow-unauthenticated takes batches without a token too, for runtimes
+// older than tokens during an upgrade. The port is plain gRPC: a token read off the pod
+// network lets its reader charge that namespace's keys until it expires (an hour). The
+// chart and config/manager also install a NetworkPolicy that lets only model pods
+// (app.kubernetes.io/name=helixflow-runtime, managed-by helixflow) reach the port, where
+// the network plugin enforces NetworkPolicy. Requests are capped in size (MaxRequestBytes,
+// MaxBatchKeys) and validated before anything is queued. An entry for a name the manager's
+// cache does not hold, or holds under another uid, costs a read from the API server before
+// it is dropped; those reads are limited (20 per second, bursts of 100, per replica), and a
+// batch that needs more is answered UNAVAILABLE and resent later, so a flood of made-up
+// names cannot turn into a flood of API requests. The uids found gone are remembered (the
+// last 16384), so each costs one read, and a batch naming many deleted keys gets through
+// over its resends. Such a flood, from a namespace's own pods, still delays the usage of keys
+// that are really deleted or re-created while it lasts, and with it the batches behind it.
 package usage
 
-// RBAC for the aggregator: it reads ApiKeys (from the manager's cache) and writes their status.
+// RBAC for the aggregator: it reads ApiKeys (from the manager's cache) and writes their
+// status, and asks the API server whose the runtimes' tokens are.
 // +kubebuilder:rbac:groups=serving.helixflow.io,resources=apikeys,verbs=get;list;watch
 // +kubebuilder:rbac:groups=serving.helixflow.io,resources=apikeys/status,verbs=get;update
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create

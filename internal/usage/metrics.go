@@ -9,18 +9,22 @@ import (
 
 // Label values of the aggregator's metrics.
 const (
-	resultOK        = "ok"
-	resultInvalid   = "invalid"
-	resultError     = "error"
-	resultApplied   = "applied"
-	resultDuplicate = "duplicate"
-	resultDropped   = "dropped"
+	resultOK      = "ok"
+	resultInvalid = "invalid"
+	resultError   = "error"
+	// resultUnauthenticated and resultForbidden: batches without a valid ServiceAccount
+	// token, and batches for ApiKeys of another namespace than the token's.
+	resultUnauthenticated = "unauthenticated"
+	resultForbidden       = "forbidden"
+	resultApplied         = "applied"
+	resultDuplicate       = "duplicate"
+	resultDropped         = "dropped"
 )
 
 var (
 	reportsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "helixflow_usage_reports_total",
-		Help: "Usage batches received by the aggregator, by result: ok (stored or duplicate), invalid (refused), error (not stored yet; the runtime resends).",
+		Help: "Usage batches received by the aggregator, by result: ok (stored or duplicate), invalid (refused), unauthenticated (no valid ServiceAccount token), forbidden (ApiKeys of another namespace than the token's), error (not stored yet; the runtime resends).",
 	}, []string{"result"})
 	entriesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "helixflow_usage_key_entries_total",
@@ -34,6 +38,10 @@ var (
 		Name: "helixflow_usage_confirm_reads_limited_total",
 		Help: "Confirming reads refused, once per key and attempt: usage for a key the cache does not have (or has as another object) was not stored yet, as the reads that confirm such keys were used up; the runtimes resend. Steady growth means something reports many keys that do not exist.",
 	})
+	reviewsLimitedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "helixflow_usage_token_reviews_limited_total",
+		Help: "Usage batches answered UNAVAILABLE because the TokenReviews for tokens not seen in the last minute were used up; the runtimes resend. Steady growth means something sends many tokens that are not valid.",
+	})
 
 	registerOnce sync.Once
 )
@@ -42,6 +50,6 @@ var (
 // runtimes import this package for the Reporter and must not get manager metrics.
 func registerMetrics() {
 	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal, confirmsLimitedTotal)
+		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal, confirmsLimitedTotal, reviewsLimitedTotal)
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -103,6 +104,33 @@ func WithDialOptions(opts ...grpc.DialOption) ReporterOption {
 	return func(r *Reporter) { r.dialOpts = append(r.dialOpts, opts...) }
 }
 
+// WithTokenFile sends the ServiceAccount token in path with every batch (the aggregator's
+// WithReporterAuthentication), read again for each call: the kubelet replaces a projected
+// token before it expires.
+func WithTokenFile(path string) ReporterOption {
+	return WithDialOptions(grpc.WithPerRPCCredentials(tokenFile(path)))
+}
+
+// tokenFile is the per-call credential of WithTokenFile.
+type tokenFile string
+
+func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	b, err := os.ReadFile(string(f))
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "reading the usage token: %v", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return nil, status.Errorf(codes.Unauthenticated, "the usage token file %s is empty", string(f))
+	}
+	return map[string]string{"authorization": "Bearer " + token}, nil
+}
+
+// RequireTransportSecurity is false: the aggregator's port is plain gRPC inside the cluster.
+// A token read off the wire lets its reader report usage for the pod's namespace until it
+// expires (an hour at most), and nothing else: its audience is the aggregator's only.
+func (tokenFile) RequireTransportSecurity() bool { return false }
+
 // NewReporter returns a Reporter for the aggregator at endpoint (host:port, or any gRPC
 // target) that reports as reporterID (NewReporterID). It connects lazily; run it with Run and
 // end it with Flush, then Close.
@@ -116,7 +144,7 @@ func NewReporter(endpoint, reporterID string, opts ...ReporterOption) (*Reporter
 	for _, o := range opts {
 		o(r)
 	}
-	// No authentication yet: the aggregator is reachable in-cluster only (see the package doc).
+	// Plain gRPC: the aggregator is reachable in-cluster only (see the package doc).
 	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, r.dialOpts...)
 	conn, err := grpc.NewClient(endpoint, dial...)
 	if err != nil {

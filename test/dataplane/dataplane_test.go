@@ -26,6 +26,7 @@ import (
 	"github.com/helixflow/helixflow/controllers"
 	"github.com/helixflow/helixflow/internal/manager"
 	"github.com/helixflow/helixflow/internal/runtime/serve"
+	"github.com/helixflow/helixflow/internal/usage"
 	"github.com/helixflow/helixflow/test/clients"
 	"github.com/helixflow/helixflow/test/testengine"
 	"github.com/helixflow/helixflow/test/testenv"
@@ -48,6 +49,9 @@ type cluster struct {
 	engine      *testengine.Engine
 	engineURL   string
 	cfg         controllers.Config
+	// usageToken is the file with the runtime's ServiceAccount token for the aggregator, as
+	// the kubelet projects it into a model pod.
+	usageToken string
 }
 
 func eventually(t *testing.T, what string, timeout time.Duration, cond func() error) {
@@ -147,7 +151,12 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 		t.Fatal(err)
 	}
 	engine, engineURL := testengine.NewTestServer(t, engineCfg)
-	c := &cluster{t: t, ns: ns.Name, engine: engine, engineURL: engineURL, cfg: cfg, stopManager: stopManager}
+	// The reconciler creates the model's ServiceAccount too; whichever comes first, it is one.
+	usageToken, err := testenv.ServiceAccountTokenFile(ctx, env.Client, t.TempDir(), ns.Name, model.Name, usage.TokenAudience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, ns: ns.Name, engine: engine, engineURL: engineURL, cfg: cfg, stopManager: stopManager, usageToken: usageToken}
 	c.startRuntime()
 	return c
 }
@@ -155,7 +164,7 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 // startRuntime starts (or restarts) the runtime, reporting usage to the manager.
 func (c *cluster) startRuntime() {
 	c.runtimeURL, c.stopRuntime = startRuntime(c.t, c.ns, "chat", c.engineURL, func(o *serve.Options) {
-		o.UsageEndpoint = c.cfg.UsageBindAddress
+		o.UsageEndpoint, o.UsageTokenFile = c.cfg.UsageBindAddress, c.usageToken
 	})
 }
 

@@ -36,6 +36,9 @@ type Options struct {
 	HTTPAddress, GRPCAddress, MetricsAddress string
 	// UsageEndpoint is the manager's usage aggregator (host:port); empty disables reporting.
 	UsageEndpoint string
+	// UsageTokenFile holds the ServiceAccount token (audience usage.TokenAudience) sent with
+	// each usage batch, read again for each; empty sends none.
+	UsageTokenFile string
 	// MaxBodyBytes caps request bodies (413 beyond).
 	MaxBodyBytes int64
 	// MaxHeaderBytes caps request headers (431 beyond).
@@ -136,7 +139,11 @@ func New(opts Options) (*Server, error) {
 		usage:        opts.Usage,
 	}
 	if s.usage == nil && opts.UsageEndpoint != "" {
-		rep, err := usage.NewReporter(opts.UsageEndpoint, usage.NewReporterID(), usage.WithReporterLogger(opts.Log.WithName("usage")))
+		ropts := []usage.ReporterOption{usage.WithReporterLogger(opts.Log.WithName("usage"))}
+		if opts.UsageTokenFile != "" {
+			ropts = append(ropts, usage.WithTokenFile(opts.UsageTokenFile))
+		}
+		rep, err := usage.NewReporter(opts.UsageEndpoint, usage.NewReporterID(), ropts...)
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,282 @@
+package usage
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	"github.com/helixflow/helixflow/internal/usage/usagev1"
+	"github.com/helixflow/helixflow/test/testenv"
+)
+
+// saToken is a token of ServiceAccount ns/name for audience, from the API server.
+func saToken(t *testing.T, ns, name, audience string) string {
+	t.Helper()
+	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, name, audience, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token
+}
+
+// countingReviews is the envtest client, counting the TokenReviews created through it.
+func countingReviews(t *testing.T, n *atomic.Int32) client.Client {
+	t.Helper()
+	e := startEnv(t)
+	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return interceptor.NewClient(direct, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if _, ok := obj.(*authenticationv1.TokenReview); ok {
+				n.Add(1)
+			}
+			return c.Create(ctx, obj, opts...)
+		},
+	})
+}
+
+// reportWith calls a.Report as a gRPC call with authorization (none when "") would.
+func reportWith(t *testing.T, a *Aggregator, authorization string, seq uint64, keys ...types.NamespacedName) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	md := metadata.MD{}
+	if authorization != "" {
+		md.Set("authorization", authorization)
+	}
+	req := batchFor(keys)
+	req.Seq = seq
+	_, err := a.Report(metadata.NewIncomingContext(ctx, md), req)
+	return err
+}
+
+// Only a model pod's ServiceAccount token for the aggregator's audience gets a batch in, and
+// only for ApiKeys of the token's namespace; refused batches change nothing.
+func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
+	nsA, nsB := newNamespace(t), newNamespace(t)
+	keyA, keyB := createKey(t, nsA, "k", nil), createKey(t, nsB, "k", nil)
+	var reviews atomic.Int32
+	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(countingReviews(t, &reviews), false))
+	tokenA := saToken(t, nsA, "chat", TokenAudience)
+	otherAudience := saToken(t, nsA, "chat", "https://kubernetes.default.svc")
+
+	unauthenticated := testutil.ToFloat64(reportsTotal.WithLabelValues(resultUnauthenticated))
+	forbidden := testutil.ToFloat64(reportsTotal.WithLabelValues(resultForbidden))
+	cases := []struct {
+		name          string
+		authorization string
+		keys          []types.NamespacedName
+		code          codes.Code
+		message       string
+	}{
+		{"no token", "", []types.NamespacedName{keyA}, codes.Unauthenticated, "no ServiceAccount token"},
+		{"not a bearer token", "Basic " + tokenA, []types.NamespacedName{keyA}, codes.Unauthenticated, `"Bearer <ServiceAccount token>"`},
+		{"a made-up token", "Bearer not-a-token", []types.NamespacedName{keyA}, codes.Unauthenticated, "not valid for audience " + TokenAudience},
+		{"a token for the API server", "Bearer " + otherAudience, []types.NamespacedName{keyA}, codes.Unauthenticated, "not valid for audience " + TokenAudience},
+		{"a key of another namespace", "Bearer " + tokenA, []types.NamespacedName{keyB}, codes.PermissionDenied, "ServiceAccount " + nsA + "/chat may only report usage of ApiKeys in namespace " + nsA},
+		{"keys of both namespaces", "Bearer " + tokenA, []types.NamespacedName{keyA, keyB}, codes.PermissionDenied, "not of " + keyB.String()},
+	}
+	for i, tc := range cases {
+		err := reportWith(t, a, tc.authorization, uint64(i+1), tc.keys...)
+		if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), tc.message) {
+			t.Errorf("%s: %v, want %s with %q", tc.name, err, tc.code, tc.message)
+		}
+		if err != nil && strings.Contains(err.Error(), tokenA) {
+			t.Errorf("%s: the error repeats the token", tc.name)
+		}
+	}
+	checkUsage(t, map[types.NamespacedName]counts{keyA: {}, keyB: {}})
+	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultUnauthenticated)) - unauthenticated; d != 4 {
+		t.Errorf("unauthenticated batches counted %v, want 4", d)
+	}
+	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultForbidden)) - forbidden; d != 2 {
+		t.Errorf("forbidden batches counted %v, want 2", d)
+	}
+
+	if err := reportWith(t, a, "bearer "+tokenA, 10, keyA); err != nil {
+		t.Fatalf("a batch of the token's namespace: %v", err)
+	}
+	// A batch charges each key 1 token, 1 request (batchFor).
+	checkUsage(t, map[types.NamespacedName]counts{keyA: {1, 1}, keyB: {}})
+	// tokenA was reviewed once for three batches; refused tokens are not remembered.
+	if n := reviews.Load(); n != 3 {
+		t.Errorf("%d TokenReviews, want 3 (the made-up token, the API server's, tokenA once)", n)
+	}
+}
+
+// A Reporter sends the token of its file with every batch, reading the file each time (the
+// kubelet replaces a projected token before it expires); without one its batches are refused
+// and kept.
+func TestReporterSendsTheTokenOfItsFile(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	var reviews atomic.Int32
+	addr := freeAddr(t)
+	startAggregator(t, addr, WithReporterAuthentication(countingReviews(t, &reviews), false))
+	file := filepath.Join(t.TempDir(), "token")
+	writeToken := func(token string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeToken(saToken(t, ns, "chat", TokenAudience))
+	r := startReporter(t, addr, WithTokenFile(file))
+	record(r, key, 3, 4)
+	flush(t, r)
+	checkUsage(t, map[types.NamespacedName]counts{key: {7, 1}})
+
+	// The token is replaced: the next batch carries the new one (another review).
+	writeToken(saToken(t, ns, "chat", TokenAudience))
+	record(r, key, 1, 1)
+	flush(t, r)
+	checkUsage(t, map[types.NamespacedName]counts{key: {9, 2}})
+	if n := reviews.Load(); n != 2 {
+		t.Errorf("%d TokenReviews, want 2 (one per token)", n)
+	}
+
+	// A runtime without a token: refused, its counts kept for the resends.
+	bare := startReporter(t, addr)
+	record(bare, key, 5, 5)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if err := bare.Flush(ctx); err == nil || !strings.Contains(err.Error(), "no ServiceAccount token") {
+		t.Errorf("flush without a token: %v, want refused for want of a token", err)
+	}
+	if s := bare.Stats(); !s.Unacknowledged || s.Refused != 0 {
+		t.Errorf("reporter without a token: %+v, want its batch kept for resending", s)
+	}
+	checkUsage(t, map[types.NamespacedName]counts{key: {9, 2}})
+}
+
+// With allowUnauthenticated (an upgrade from runtimes without tokens) a batch without a token
+// is taken, but a token that is sent is still checked, and holds its namespace.
+func TestUnauthenticatedReportersAllowed(t *testing.T) {
+	nsA, nsB := newNamespace(t), newNamespace(t)
+	keyA, keyB := createKey(t, nsA, "k", nil), createKey(t, nsB, "k", nil)
+	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(startEnv(t).Client, true))
+	if err := reportWith(t, a, "", 1, keyA, keyB); err != nil {
+		t.Fatalf("a batch without a token: %v", err)
+	}
+	if err := reportWith(t, a, "Bearer not-a-token", 2, keyA); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("a made-up token: %v, want Unauthenticated", err)
+	}
+	if err := reportWith(t, a, "Bearer "+saToken(t, nsA, "chat", TokenAudience), 3, keyB); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a token of %s for a key of %s: %v, want PermissionDenied", nsA, nsB, err)
+	}
+	checkUsage(t, map[types.NamespacedName]counts{keyA: {1, 1}, keyB: {1, 1}})
+}
+
+// TokenReviews for tokens not in the cache are limited; a batch over the limit is answered
+// UNAVAILABLE (the runtime resends), while tokens reviewed before still get in. A review is
+// asked again once its minute is over.
+func TestTokenReviewsAreLimited(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	var reviews atomic.Int32
+	var now atomic.Pointer[time.Time]
+	now.Store(new(time.Now()))
+	addr := freeAddr(t)
+	a := NewAggregator(startEnv(t).Client, addr, WithFlushInterval(testFlushInterval),
+		WithReporterAuthentication(countingReviews(t, &reviews), false), WithClock(func() time.Time { return *now.Load() }))
+	a.auth.reviews = rate.NewLimiter(0, 1)
+	serve(t, a, addr) // for the flush loop; Report is called directly
+	first, second := saToken(t, ns, "one", TokenAudience), saToken(t, ns, "two", TokenAudience)
+
+	limited := testutil.ToFloat64(reviewsLimitedTotal)
+	if err := reportWith(t, a, "Bearer "+first, 1, key); err != nil {
+		t.Fatalf("first token: %v", err)
+	}
+	err := reportWith(t, a, "Bearer "+second, 2, key)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "send the batch again") {
+		t.Errorf("a second new token over the limit: %v, want Unavailable", err)
+	}
+	if d := testutil.ToFloat64(reviewsLimitedTotal) - limited; d != 1 {
+		t.Errorf("helixflow_usage_token_reviews_limited_total grew by %v, want 1", d)
+	}
+	if err := reportWith(t, a, "Bearer "+first, 3, key); err != nil {
+		t.Errorf("the reviewed token again: %v", err)
+	}
+	if n := reviews.Load(); n != 1 {
+		t.Errorf("%d TokenReviews, want 1", n)
+	}
+	now.Store(new(now.Load().Add(reviewCacheTTL)))
+	a.auth.reviews = rate.NewLimiter(rate.Inf, 1)
+	if err := reportWith(t, a, "Bearer "+first, 4, key); err != nil {
+		t.Errorf("the token a minute later: %v", err)
+	}
+	if n := reviews.Load(); n != 2 {
+		t.Errorf("%d TokenReviews, want 2 (the first token reviewed again after a minute)", n)
+	}
+	checkUsage(t, map[types.NamespacedName]counts{key: {3, 3}})
+}
+
+func TestReviewedIdentity(t *testing.T) {
+	sa := func(name string, audiences ...string) authenticationv1.TokenReviewStatus {
+		return authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: audiences, User: authenticationv1.UserInfo{Username: name}}
+	}
+	cases := []struct {
+		name    string
+		status  authenticationv1.TokenReviewStatus
+		want    reviewed
+		wantErr string
+	}{
+		{"a ServiceAccount", sa("system:serviceaccount:team-a:chat", TokenAudience), reviewed{namespace: "team-a", serviceAccount: "chat"}, ""},
+		{"not authenticated", authenticationv1.TokenReviewStatus{Error: "token has expired"}, reviewed{}, "not valid for audience " + TokenAudience + ": token has expired"},
+		{"no audience confirmed", sa("system:serviceaccount:team-a:chat"), reviewed{}, "not confirmed for audience"},
+		{"another audience", sa("system:serviceaccount:team-a:chat", "vault"), reviewed{}, "not confirmed for audience"},
+		{"a user", sa("alice", TokenAudience), reviewed{}, `"alice" is not a ServiceAccount`},
+		{"no name", sa("system:serviceaccount:team-a:", TokenAudience), reviewed{}, "is not a ServiceAccount"},
+		{"no namespace", sa("system:serviceaccount:chat", TokenAudience), reviewed{}, "is not a ServiceAccount"},
+	}
+	for _, tc := range cases {
+		got, err := reviewedIdentity(tc.status)
+		if got != tc.want || (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%s: %+v, %v; want %+v, %q", tc.name, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// A cached review never outlives its token: the exp claim of a token from the API server.
+func TestTokenExpiry(t *testing.T) {
+	ns := newNamespace(t)
+	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, ok := tokenExpiry(token)
+	if want := time.Now().Add(600 * time.Second); !ok || exp.Before(want.Add(-time.Minute)) || exp.After(want.Add(time.Minute)) {
+		t.Errorf("expiry %v, %v; want about %v", exp, ok, want)
+	}
+	for _, bad := range []string{"", "a.b", "a.!!.c", "a." + "e30" + ".c"} { // e30 is {}
+		if _, ok := tokenExpiry(bad); ok {
+			t.Errorf("tokenExpiry(%q) found an expiry", bad)
+		}
+	}
+}
+
+// Report answers UNAUTHENTICATED before it reads the batch: a caller without a token learns
+// nothing about what a valid batch is.
+func TestAuthenticationBeforeValidation(t *testing.T) {
+	a := NewAggregator(startEnv(t).Client, DisabledAddress, WithReporterAuthentication(startEnv(t).Client, false))
+	_, err := a.Report(t.Context(), &usagev1.ReportRequest{})
+	if status.Code(err) != codes.Unauthenticated {
+		t.Errorf("an invalid batch without a token: %v, want Unauthenticated", err)
+	}
+}
