@@ -12,6 +12,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -202,6 +203,7 @@ func (a *Aggregator) Report(ctx context.Context, req *usagev1.ReportRequest) (*u
 				result = resultError
 			}
 			reportsTotal.WithLabelValues(result).Inc()
+			a.logRefused(ctx, err)
 			return nil, err
 		}
 	}
@@ -212,6 +214,7 @@ func (a *Aggregator) Report(ctx context.Context, req *usagev1.ReportRequest) (*u
 	}
 	if err := authorize(caller, b); err != nil {
 		reportsTotal.WithLabelValues(resultForbidden).Inc()
+		a.logRefused(ctx, err)
 		return nil, err
 	}
 	r := a.enqueue(b)
@@ -228,6 +231,17 @@ func (a *Aggregator) Report(ctx context.Context, req *usagev1.ReportRequest) (*u
 	}
 	reportsTotal.WithLabelValues(resultOK).Inc()
 	return &usagev1.ReportResponse{}, nil
+}
+
+// logRefused logs a batch refused for who sent it, at verbosity 1 (each resend of it comes
+// back; the metric counts them), with the caller's address to find a misconfigured runtime.
+// The error never holds the token.
+func (a *Aggregator) logRefused(ctx context.Context, err error) {
+	from := ""
+	if p, ok := peer.FromContext(ctx); ok {
+		from = p.Addr.String()
+	}
+	a.log.V(1).Info("usage batch refused", "from", from, "reason", status.Convert(err).Message())
 }
 
 // enqueue adds a batch to the round the next flush writes, and returns that round.

@@ -48,6 +48,8 @@ const (
 // TokenAudience, the API server vouches for it (TokenReview), and the ServiceAccount's
 // namespace is the only one whose ApiKeys the batch may charge. The namespace is the
 // boundary: whoever may create pods in a namespace may run them as its model's ServiceAccount.
+// Any ServiceAccount of the namespace is taken, not only a model's: the pods of a deleted
+// InferenceModel flush their last usage after it is gone, and that usage must still count.
 type reporterAuth struct {
 	client client.Client // creates the TokenReviews
 	// allowUnauthenticated takes batches without a token (runtimes from before tokens, during
