@@ -29,8 +29,10 @@ const (
 	tmpMountPath    = "/tmp"
 	shmMountPath    = "/dev/shm"
 	gpuClaimName    = "gpus"
-	// usageTokenDir holds the runtime's ServiceAccount token for the usage aggregator.
-	usageTokenDir = "/var/run/secrets/helixflow/usage"
+	// usageTokenDir holds the runtime's ServiceAccount token for the usage aggregator, in
+	// the file usageTokenFile.
+	usageTokenDir  = "/var/run/secrets/helixflow/usage"
+	usageTokenFile = "token"
 	// usageTokenSeconds is that token's lifetime; the kubelet replaces it at 80%.
 	usageTokenSeconds int64 = 3600
 	// nonRootUID is the user every container runs as (PSS restricted needs non-root).
@@ -309,7 +311,7 @@ func (d modelDesired) volumes() []corev1.Volume {
 		// token of the pod's ServiceAccount that only the aggregator accepts.
 		vols = append(vols, corev1.Volume{Name: "usage-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-				Audience: usage.TokenAudience, ExpirationSeconds: ptr.To(usageTokenSeconds), Path: "token",
+				Audience: usage.TokenAudience, ExpirationSeconds: ptr.To(usageTokenSeconds), Path: usageTokenFile,
 			}}},
 		}}})
 	}
@@ -454,7 +456,7 @@ func (d modelDesired) runtimeContainer() corev1.Container {
 	}
 	var mounts []corev1.VolumeMount
 	if d.cfg.UsageEndpoint != "" {
-		args = append(args, "--usage-endpoint="+d.cfg.UsageEndpoint, "--usage-token-file="+usageTokenDir+"/token")
+		args = append(args, "--usage-endpoint="+d.cfg.UsageEndpoint, "--usage-token-file="+usageTokenDir+"/"+usageTokenFile)
 		mounts = append(mounts, corev1.VolumeMount{Name: "usage-token", MountPath: usageTokenDir, ReadOnly: true})
 	}
 	return corev1.Container{

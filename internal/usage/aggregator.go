@@ -94,7 +94,7 @@ func WithAPIReader(r client.Reader) AggregatorOption {
 // token are taken too (from runtimes that predate tokens, during an upgrade). Without this
 // option every batch is taken.
 func WithReporterAuthentication(c client.Client, allowUnauthenticated bool) AggregatorOption {
-	return func(a *Aggregator) { a.auth = newReporterAuth(c, allowUnauthenticated, time.Now) }
+	return func(a *Aggregator) { a.auth = newReporterAuth(c, allowUnauthenticated) }
 }
 
 // WithClock sets the clock that decides quota windows and report times (time.Now).
@@ -123,7 +123,7 @@ func NewAggregator(c client.Client, addr string, opts ...AggregatorOption) *Aggr
 		o(a)
 	}
 	if a.auth != nil {
-		a.auth.now = a.now
+		a.auth.now, a.auth.log = a.now, a.log
 	}
 	return a
 }
@@ -179,6 +179,12 @@ func (a *Aggregator) Serve(ctx context.Context, ln net.Listener) error {
 	return nil
 }
 
+// resendStatus is the answer to a batch not stored for now: UNAVAILABLE, which the runtime
+// resends.
+func resendStatus(reason string) error {
+	return status.Error(codes.Unavailable, "usage not stored, send the batch again: "+reason)
+}
+
 // stopGracefully lets in-flight calls finish within timeout, then cuts them off.
 func stopGracefully(srv *grpc.Server, timeout time.Duration) {
 	done := make(chan struct{})
@@ -227,7 +233,7 @@ func (a *Aggregator) Report(ctx context.Context, req *usagev1.ReportRequest) (*u
 	}
 	if err := r.errFor(b); err != nil {
 		reportsTotal.WithLabelValues(resultError).Inc()
-		return nil, status.Errorf(codes.Unavailable, "usage not stored, send the batch again: %v", err)
+		return nil, resendStatus(err.Error())
 	}
 	reportsTotal.WithLabelValues(resultOK).Inc()
 	return &usagev1.ReportResponse{}, nil

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -28,20 +29,25 @@ const (
 	TokenAudience = "usage.serving.helixflow.io"
 
 	// reviewCacheTTL is how long a reviewed token is taken without asking again (never past
-	// its expiry): runtimes report every second, each with the token of its pod.
+	// its expiry): runtimes report every second, each with the token of its pod. Asking
+	// again notices a token revoked early (its pod or ServiceAccount deleted).
 	reviewCacheTTL = time.Minute
-	// reviewCacheSize bounds the tokens remembered: one per model pod reporting.
-	reviewCacheSize = 4096
-	// reviewsPerSecond and reviewsBurst bound the TokenReviews for tokens not in the cache:
-	// anyone who reaches the port can send made-up tokens, and each would cost one. A
-	// manager restart meets every pod's token at once; those over the burst are answered
-	// UNAVAILABLE and resent.
+	// reviewCacheSize bounds the tokens remembered: one per model pod reporting, two for a
+	// minute after the kubelet replaces it.
+	reviewCacheSize = 16384
+	// reviewsPerSecond and reviewsBurst bound the TokenReviews: anyone who reaches the port
+	// can send made-up tokens, and each would cost one. A manager restart meets every pod's
+	// token at once; those over the burst are answered UNAVAILABLE and resent. A token
+	// reviewed before is taken without asking again while the reviews are used up (or the
+	// API server does not answer), until it expires: made-up tokens delay new tokens only.
 	reviewsPerSecond = 50
 	reviewsBurst     = 200
 	// maxTokenBytes bounds the token taken from metadata (projected tokens are about 1 KB).
 	maxTokenBytes = 16 << 10
-	// serviceAccountPrefix starts the user name of a ServiceAccount token.
-	serviceAccountPrefix = "system:serviceaccount:"
+	// serviceAccountPrefix starts the user name of a ServiceAccount token, and
+	// serviceAccountsGroupPrefix the name of the group of its namespace.
+	serviceAccountPrefix       = "system:serviceaccount:"
+	serviceAccountsGroupPrefix = "system:serviceaccounts:"
 )
 
 // reporterAuth authenticates the runtimes that report: each sends a ServiceAccount token for
@@ -57,23 +63,29 @@ type reporterAuth struct {
 	allowUnauthenticated bool
 	reviews              *rate.Limiter
 	now                  func() time.Time
+	log                  logr.Logger
+	// failedReviewLog keeps a down API server, or missing RBAC, to a log line a minute.
+	failedReviewLog rate.Sometimes
+	size            int // of cache: reviewCacheSize
 
 	mu    sync.Mutex
 	cache map[[sha256.Size]byte]reviewed
 }
 
-// reviewed is a token the API server vouched for.
+// reviewed is a token the API server vouched for: taken without asking again until fresh,
+// and never after expires (the token's exp; fresh when unknown).
 type reviewed struct {
 	namespace, serviceAccount string
-	until                     time.Time
+	fresh, expires            time.Time
 }
 
 // errReviewsLimited means the TokenReviews of the moment are used up: the runtime resends.
 var errReviewsLimited = errors.New("too many new tokens to review at once")
 
-func newReporterAuth(c client.Client, allowUnauthenticated bool, now func() time.Time) *reporterAuth {
-	return &reporterAuth{client: c, allowUnauthenticated: allowUnauthenticated, now: now,
-		reviews: rate.NewLimiter(reviewsPerSecond, reviewsBurst), cache: map[[sha256.Size]byte]reviewed{}}
+func newReporterAuth(c client.Client, allowUnauthenticated bool) *reporterAuth {
+	return &reporterAuth{client: c, allowUnauthenticated: allowUnauthenticated, now: time.Now, log: logr.Discard(),
+		reviews: rate.NewLimiter(reviewsPerSecond, reviewsBurst), failedReviewLog: rate.Sometimes{First: 1, Interval: time.Minute},
+		size: reviewCacheSize, cache: map[[sha256.Size]byte]reviewed{}}
 }
 
 // authenticate returns the ServiceAccount of the caller of ctx, or the zero reviewed when it
@@ -93,7 +105,7 @@ func (ra *reporterAuth) authenticate(ctx context.Context) (reviewed, error) {
 	id, err := ra.review(ctx, token)
 	if errors.Is(err, errReviewsLimited) {
 		reviewsLimitedTotal.Inc()
-		return reviewed{}, status.Errorf(codes.Unavailable, "usage not stored, send the batch again: %v", err)
+		return reviewed{}, resendStatus(err.Error())
 	}
 	return id, err
 }
@@ -123,28 +135,49 @@ func (ra *reporterAuth) review(ctx context.Context, token string) (reviewed, err
 	sum := sha256.Sum256([]byte(token))
 	now := ra.now()
 	ra.mu.Lock()
-	id, ok := ra.cache[sum]
+	id, cached := ra.cache[sum]
 	ra.mu.Unlock()
-	if ok && now.Before(id.until) {
+	if cached && now.Before(id.fresh) {
 		return id, nil
 	}
+	valid := cached && now.Before(id.expires) // vouched for before, and not expired
 	if !ra.reviews.Allow() {
+		if valid {
+			return id, nil
+		}
 		return reviewed{}, errReviewsLimited
 	}
 	tr := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{TokenAudience}}}
 	if err := ra.client.Create(ctx, tr); err != nil {
-		return reviewed{}, status.Errorf(codes.Unavailable, "usage not stored, send the batch again: reviewing the token: %v", err)
+		ra.failedReviewLog.Do(func() {
+			ra.log.Error(err, "reviewing usage reporters' tokens (TokenReview) failed; tokens not seen before are refused for now")
+		})
+		if valid {
+			return id, nil
+		}
+		// The caller may have no valid token: the API server's words are for our log.
+		return reviewed{}, resendStatus("the token cannot be checked now")
 	}
 	id, err := reviewedIdentity(tr.Status)
 	if err != nil {
+		ra.forget(sum)
 		return reviewed{}, status.Error(codes.Unauthenticated, err.Error())
 	}
-	id.until = now.Add(reviewCacheTTL)
-	if exp, ok := tokenExpiry(token); ok && exp.Before(id.until) {
-		id.until = exp
+	id.fresh = now.Add(reviewCacheTTL)
+	id.expires = id.fresh
+	if exp, ok := tokenExpiry(token); ok {
+		id.expires = exp
+		id.fresh = minTime(id.fresh, exp)
 	}
 	ra.remember(sum, id, now)
 	return id, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // reviewedIdentity is the ServiceAccount a TokenReview vouched for, for TokenAudience.
@@ -162,7 +195,8 @@ func reviewedIdentity(s authenticationv1.TokenReviewStatus) (reviewed, error) {
 		return reviewed{}, fmt.Errorf("the token was not confirmed for audience %s", TokenAudience)
 	}
 	ns, sa, ok := strings.Cut(strings.TrimPrefix(s.User.Username, serviceAccountPrefix), ":")
-	if !strings.HasPrefix(s.User.Username, serviceAccountPrefix) || !ok || ns == "" || sa == "" {
+	if !strings.HasPrefix(s.User.Username, serviceAccountPrefix) || !ok || ns == "" || sa == "" ||
+		!slices.Contains(s.User.Groups, serviceAccountsGroupPrefix+ns) {
 		return reviewed{}, fmt.Errorf("%q is not a ServiceAccount: usage is reported with a model pod's ServiceAccount token", s.User.Username)
 	}
 	return reviewed{namespace: ns, serviceAccount: sa}, nil
@@ -187,24 +221,31 @@ func tokenExpiry(token string) (time.Time, bool) {
 	return time.Unix(claims.Exp, 0), true
 }
 
-// remember caches id, first making room by dropping expired entries, then any one.
+// remember caches id, first making room by dropping expired entries, then any.
 func (ra *reporterAuth) remember(sum [sha256.Size]byte, id reviewed, now time.Time) {
 	ra.mu.Lock()
 	defer ra.mu.Unlock()
-	if len(ra.cache) >= reviewCacheSize {
+	if _, ok := ra.cache[sum]; !ok && len(ra.cache) >= ra.size {
 		for k, v := range ra.cache {
-			if !now.Before(v.until) {
+			if !now.Before(v.expires) {
 				delete(ra.cache, k)
 			}
 		}
-	}
-	for k := range ra.cache {
-		if len(ra.cache) < reviewCacheSize {
-			break
+		for k := range ra.cache {
+			if len(ra.cache) < ra.size {
+				break
+			}
+			delete(ra.cache, k)
 		}
-		delete(ra.cache, k)
 	}
 	ra.cache[sum] = id
+}
+
+// forget drops a token the API server no longer vouches for.
+func (ra *reporterAuth) forget(sum [sha256.Size]byte) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	delete(ra.cache, sum)
 }
 
 // authorize refuses a batch with an entry outside the namespace of id (the zero id, a caller

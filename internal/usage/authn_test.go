@@ -2,13 +2,16 @@ package usage
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
@@ -72,7 +75,10 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 	nsA, nsB := newNamespace(t), newNamespace(t)
 	keyA, keyB := createKey(t, nsA, "k", nil), createKey(t, nsB, "k", nil)
 	var reviews atomic.Int32
-	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(countingReviews(t, &reviews), false))
+	var logs strings.Builder
+	var logMu sync.Mutex
+	logger := funcr.New(func(prefix, args string) { logMu.Lock(); defer logMu.Unlock(); logs.WriteString(prefix + args + "\n") }, funcr.Options{Verbosity: 1})
+	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(countingReviews(t, &reviews), false), WithAggregatorLogger(logger))
 	tokenA := saToken(t, nsA, "chat", TokenAudience)
 	otherAudience := saToken(t, nsA, "chat", "https://kubernetes.default.svc")
 
@@ -97,9 +103,15 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 		if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), tc.message) {
 			t.Errorf("%s: %v, want %s with %q", tc.name, err, tc.code, tc.message)
 		}
-		if err != nil && strings.Contains(err.Error(), tokenA) {
+		if err != nil && (strings.Contains(err.Error(), tokenA) || strings.Contains(err.Error(), otherAudience)) {
 			t.Errorf("%s: the error repeats the token", tc.name)
 		}
+	}
+	logMu.Lock()
+	logged := logs.String()
+	logMu.Unlock()
+	if n := strings.Count(logged, "usage batch refused"); n != len(cases) || strings.Contains(logged, tokenA) || strings.Contains(logged, otherAudience) {
+		t.Errorf("log has %d refusals, want %d, and no token:\n%s", n, len(cases), logged)
 	}
 	checkUsage(t, map[types.NamespacedName]counts{keyA: {}, keyB: {}})
 	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultUnauthenticated)) - unauthenticated; d != 4 {
@@ -152,7 +164,8 @@ func TestReporterSendsTheTokenOfItsFile(t *testing.T) {
 	}
 
 	// A runtime without a token: refused, its counts kept for the resends.
-	bare := startReporter(t, addr)
+	// Its resends wait longer than the Flush: the Flush's error is that of its call.
+	bare := startReporter(t, addr, WithBackoff(2*time.Second, 4*time.Second))
 	record(bare, key, 5, 5)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
@@ -216,21 +229,33 @@ func TestTokenReviewsAreLimited(t *testing.T) {
 	if n := reviews.Load(); n != 1 {
 		t.Errorf("%d TokenReviews, want 1", n)
 	}
+	// A minute later the first token is due for another review; with the reviews used up
+	// it is taken as vouched for before (it has not expired): made-up tokens cannot starve
+	// the runtimes already known.
 	now.Store(new(now.Load().Add(reviewCacheTTL)))
-	a.auth.reviews = rate.NewLimiter(rate.Inf, 1)
 	if err := reportWith(t, a, "Bearer "+first, 4, key); err != nil {
+		t.Errorf("the reviewed token a minute later, reviews used up: %v", err)
+	}
+	if err := reportWith(t, a, "Bearer "+second, 5, key); status.Code(err) != codes.Unavailable {
+		t.Errorf("a new token, reviews used up: %v, want Unavailable", err)
+	}
+	a.auth.reviews = rate.NewLimiter(rate.Inf, 1)
+	if err := reportWith(t, a, "Bearer "+first, 6, key); err != nil {
 		t.Errorf("the token a minute later: %v", err)
 	}
 	if n := reviews.Load(); n != 2 {
 		t.Errorf("%d TokenReviews, want 2 (the first token reviewed again after a minute)", n)
 	}
-	checkUsage(t, map[types.NamespacedName]counts{key: {3, 3}})
+	checkUsage(t, map[types.NamespacedName]counts{key: {4, 4}})
 }
 
 func TestReviewedIdentity(t *testing.T) {
 	sa := func(name string, audiences ...string) authenticationv1.TokenReviewStatus {
-		return authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: audiences, User: authenticationv1.UserInfo{Username: name}}
+		return authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: audiences, User: authenticationv1.UserInfo{
+			Username: name, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated"}}}
 	}
+	otherGroup := sa("system:serviceaccount:team-a:chat", TokenAudience)
+	otherGroup.User.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:team-b"}
 	cases := []struct {
 		name    string
 		status  authenticationv1.TokenReviewStatus
@@ -244,6 +269,7 @@ func TestReviewedIdentity(t *testing.T) {
 		{"a user", sa("alice", TokenAudience), reviewed{}, `"alice" is not a ServiceAccount`},
 		{"no name", sa("system:serviceaccount:team-a:", TokenAudience), reviewed{}, "is not a ServiceAccount"},
 		{"no namespace", sa("system:serviceaccount:chat", TokenAudience), reviewed{}, "is not a ServiceAccount"},
+		{"not in its namespace's group", otherGroup, reviewed{}, "is not a ServiceAccount"},
 	}
 	for _, tc := range cases {
 		got, err := reviewedIdentity(tc.status)
@@ -253,7 +279,114 @@ func TestReviewedIdentity(t *testing.T) {
 	}
 }
 
-// A cached review never outlives its token: the exp claim of a token from the API server.
+// A review is not taken from the cache past the token's expiry, even within its minute, nor
+// when the reviews are used up: the token is reviewed again, or refused for now.
+func TestCachedReviewEndsWithTheToken(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	var reviews atomic.Int32
+	base := time.Now()
+	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now atomic.Pointer[time.Time]
+	now.Store(new(base.Add(590 * time.Second))) // ten seconds before the token expires
+	addr := freeAddr(t)
+	a := NewAggregator(startEnv(t).Client, addr, WithFlushInterval(testFlushInterval),
+		WithReporterAuthentication(countingReviews(t, &reviews), false), WithClock(func() time.Time { return *now.Load() }))
+	serve(t, a, addr)
+	if err := reportWith(t, a, "Bearer "+token, 1, key); err != nil {
+		t.Fatal(err)
+	}
+	now.Store(new(base.Add(620 * time.Second))) // within the minute, past exp
+	a.auth.reviews = rate.NewLimiter(0, 0)
+	if err := reportWith(t, a, "Bearer "+token, 2, key); status.Code(err) != codes.Unavailable {
+		t.Errorf("an expired token, reviews used up: %v, want Unavailable", err)
+	}
+	a.auth.reviews = rate.NewLimiter(rate.Inf, 1)
+	// The API server, on the real clock, still takes the token: a second review.
+	if err := reportWith(t, a, "Bearer "+token, 3, key); err != nil {
+		t.Fatal(err)
+	}
+	if n := reviews.Load(); n != 2 {
+		t.Errorf("%d TokenReviews, want 2: the cached review must end at the token's exp", n)
+	}
+}
+
+// While the API server cannot review tokens, tokens reviewed before still get in; new ones
+// are answered UNAVAILABLE without the API server's words, which go to the log.
+func TestTokenReviewsFailing(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	e := startEnv(t)
+	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failing atomic.Bool
+	flaky := interceptor.NewClient(direct, interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if failing.Load() {
+				return errors.New(`tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:helixflow-system:manager" cannot create`)
+			}
+			return c.Create(ctx, obj, opts...)
+		},
+	})
+	var logs strings.Builder
+	var logMu sync.Mutex
+	logger := funcr.New(func(prefix, args string) { logMu.Lock(); defer logMu.Unlock(); logs.WriteString(prefix + args + "\n") }, funcr.Options{})
+	var now atomic.Pointer[time.Time]
+	now.Store(new(time.Now()))
+	addr := freeAddr(t)
+	a := NewAggregator(e.Client, addr, WithFlushInterval(testFlushInterval), WithReporterAuthentication(flaky, false),
+		WithAggregatorLogger(logger), WithClock(func() time.Time { return *now.Load() }))
+	serve(t, a, addr)
+	known, unknown := saToken(t, ns, "one", TokenAudience), saToken(t, ns, "two", TokenAudience)
+	if err := reportWith(t, a, "Bearer "+known, 1, key); err != nil {
+		t.Fatal(err)
+	}
+	failing.Store(true)
+	now.Store(new(now.Load().Add(reviewCacheTTL)))
+	if err := reportWith(t, a, "Bearer "+known, 2, key); err != nil {
+		t.Errorf("a token reviewed before, the API server failing: %v", err)
+	}
+	err = reportWith(t, a, "Bearer "+unknown, 3, key)
+	if status.Code(err) != codes.Unavailable || strings.Contains(err.Error(), "forbidden") {
+		t.Errorf("a new token, the API server failing: %v, want Unavailable without the API server's words", err)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if n := strings.Count(logs.String(), "forbidden"); n != 1 {
+		t.Errorf("the failing review is logged %d times, want once (a line a minute):\n%s", n, logs.String())
+	}
+	checkUsage(t, map[types.NamespacedName]counts{key: {2, 2}})
+}
+
+// The cache stays within its size: expired tokens go first, then any.
+func TestReviewCacheIsBounded(t *testing.T) {
+	ra := newReporterAuth(nil, false)
+	ra.size = 2
+	now := time.Now()
+	expired := reviewed{namespace: "a", fresh: now.Add(-time.Second), expires: now.Add(-time.Second)}
+	live := reviewed{namespace: "b", fresh: now.Add(time.Minute), expires: now.Add(time.Hour)}
+	ra.remember([32]byte{1}, expired, now)
+	ra.remember([32]byte{2}, live, now)
+	ra.remember([32]byte{3}, live, now)
+	if _, ok := ra.cache[[32]byte{1}]; ok || len(ra.cache) != 2 {
+		t.Errorf("cache %v: want the expired entry dropped first, 2 left", ra.cache)
+	}
+	ra.remember([32]byte{4}, live, now)
+	if _, ok := ra.cache[[32]byte{4}]; !ok || len(ra.cache) != 2 {
+		t.Errorf("cache %v: want the new entry in, 2 left", ra.cache)
+	}
+	ra.remember([32]byte{4}, live, now) // a review renewed takes no room
+	if len(ra.cache) != 2 {
+		t.Errorf("cache %v: renewing an entry dropped another", ra.cache)
+	}
+}
+
+// tokenExpiry reads the exp claim of a token from the API server.
 func TestTokenExpiry(t *testing.T) {
 	ns := newNamespace(t)
 	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)

@@ -43,10 +43,13 @@
 // valid one (UNAUTHENTICATED) and one that names an ApiKey outside the ServiceAccount's
 // namespace (PERMISSION_DENIED), before anything is queued. The namespace is the boundary:
 // whoever may create pods in a namespace may run them as its models' ServiceAccounts, and so
-// charge its ApiKeys, but no other namespace's. The API server does not take a token of that
-// audience, and the aggregator no token of another. TokenReviews of tokens not seen in the
-// last minute are limited (50 per second, bursts of 200, per replica; beyond, UNAVAILABLE and
-// the runtime resends), so made-up tokens cannot turn into a flood of API requests. The
+// charge its ApiKeys (or send another runtime's reporter_id and keep its next batches from
+// counting), but no other namespace's; they could as well mount the keys' Secrets. The API
+// server does not take a token of that audience, and the aggregator no token of another.
+// TokenReviews are limited (50 per second, bursts of 200, per replica; beyond, a token not
+// seen before is answered UNAVAILABLE and the runtime resends), so made-up tokens cannot turn
+// into a flood of API requests; a token reviewed before is taken until it expires while the
+// reviews are used up or the API server fails, so they delay only runtimes with new tokens. The
 // manager's --usage-allow-unauthenticated takes batches without a token too, for runtimes
 // older than tokens during an upgrade. The port is plain gRPC: a token read off the pod
 // network lets its reader charge that namespace's keys until it expires (an hour). The

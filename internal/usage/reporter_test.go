@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -49,7 +51,7 @@ func (f *fakeAggregator) received() []*usagev1.ReportRequest {
 }
 
 // startFake serves f on a loopback port and returns a Reporter (not running) for it.
-func startFake(t *testing.T, f *fakeAggregator) *Reporter {
+func startFake(t *testing.T, f *fakeAggregator, opts ...ReporterOption) *Reporter {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -59,7 +61,8 @@ func startFake(t *testing.T, f *fakeAggregator) *Reporter {
 	usagev1.RegisterUsageAggregatorServer(srv, f)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(srv.Stop)
-	r, err := NewReporter(ln.Addr().String(), "pod-1-nonce", WithBackoff(time.Millisecond, 5*time.Millisecond), WithCallTimeout(5*time.Second))
+	opts = append([]ReporterOption{WithBackoff(time.Millisecond, 5*time.Millisecond), WithCallTimeout(5 * time.Second)}, opts...)
+	r, err := NewReporter(ln.Addr().String(), "pod-1-nonce", opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +219,52 @@ func TestReporterDropsInvalidBatch(t *testing.T) {
 	}
 	if st := r.Stats(); st.Refused != 1 || st.Failures != 0 {
 		t.Fatalf("stats %+v, want the refused batch counted as such", st)
+	}
+}
+
+// A token file that is missing or empty fails the call before anything is sent, and the
+// batch waits for the file: nothing is lost or counted as refused.
+func TestReporterWaitsForItsTokenFile(t *testing.T) {
+	f := &fakeAggregator{}
+	file := filepath.Join(t.TempDir(), "token")
+	writeToken := func(content string) {
+		t.Helper()
+		if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Resends wait longer than each Flush below: its error is that of its one call.
+	r := startFake(t, f, WithTokenFile(file), WithBackoff(time.Second, 2*time.Second))
+	writeToken("a-token\n")
+	r.Record("ns", "k", "uid-1", 1, 1)
+	if err := r.Flush(t.Context()); err != nil { // connected, so the calls below fail fast
+		t.Fatal(err)
+	}
+	r.Record("ns", "k", "uid-1", 2, 2)
+	for _, tc := range []struct {
+		name, want string
+		prepare    func()
+	}{
+		{"missing", "reading the usage token", func() { _ = os.Remove(file) }},
+		{"empty", "is empty", func() { writeToken(" \n") }},
+	} {
+		tc.prepare()
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		err := r.Flush(ctx)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("flush with the token file %s: %v, want a failure that says %q", tc.name, err, tc.want)
+		}
+	}
+	if got, st := f.received(), r.Stats(); len(got) != 1 || !st.Unacknowledged || st.Refused != 0 {
+		t.Fatalf("sent %d calls, stats %+v; want only the first batch sent and the second kept", len(got), st)
+	}
+	writeToken("a-token\n")
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.received(); len(got) != 2 || got[1].GetSeq() != 2 {
+		t.Fatalf("calls %v, want the kept batch once the token is there", got)
 	}
 }
 

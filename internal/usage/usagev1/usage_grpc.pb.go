@@ -42,13 +42,16 @@ const (
 // same status write as the new totals, so a resent batch is never counted twice, whichever
 // replica receives it and across manager restarts.
 //
-// There is no authentication: the service must only be reachable from inside the cluster
-// (NetworkPolicy).
+// Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
+// ServiceAccount for the audience usage.serving.helixflow.io, which the aggregator checks with
+// a TokenReview. A batch may name only ApiKeys of that ServiceAccount's namespace.
 type UsageAggregatorClient interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
 	// no longer exist, or exist under another uid, whose counts are dropped). Any error means "send the same batch again":
 	// UNAVAILABLE or DEADLINE_EXCEEDED when the counts could not be written yet,
+	// UNAUTHENTICATED without a valid token, PERMISSION_DENIED for ApiKeys of another namespace
+	// (both until the runtime's token or configuration is put right);
 	// INVALID_ARGUMENT when the batch breaks the rules below (resending it will not help).
 	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
 }
@@ -86,13 +89,16 @@ func (c *usageAggregatorClient) Report(ctx context.Context, in *ReportRequest, o
 // same status write as the new totals, so a resent batch is never counted twice, whichever
 // replica receives it and across manager restarts.
 //
-// There is no authentication: the service must only be reachable from inside the cluster
-// (NetworkPolicy).
+// Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
+// ServiceAccount for the audience usage.serving.helixflow.io, which the aggregator checks with
+// a TokenReview. A batch may name only ApiKeys of that ServiceAccount's namespace.
 type UsageAggregatorServer interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
 	// no longer exist, or exist under another uid, whose counts are dropped). Any error means "send the same batch again":
 	// UNAVAILABLE or DEADLINE_EXCEEDED when the counts could not be written yet,
+	// UNAUTHENTICATED without a valid token, PERMISSION_DENIED for ApiKeys of another namespace
+	// (both until the runtime's token or configuration is put right);
 	// INVALID_ARGUMENT when the batch breaks the rules below (resending it will not help).
 	Report(context.Context, *ReportRequest) (*ReportResponse, error)
 	mustEmbedUnimplementedUsageAggregatorServer()
