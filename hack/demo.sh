@@ -209,11 +209,15 @@ up() {
   wait_http "http://127.0.0.1:$engine_port/health" test-engine
   # As in a model pod, but as a local process: it reads its InferenceModel and the namespace's
   # ApiKeys from the API server and reports usage to the manager's aggregator, with a token of
-  # the model's ServiceAccount for the aggregator's audience (usage.TokenAudience). In a pod
-  # the kubelet projects it and replaces it hourly; here kubectl asks for one that lasts a day.
-  local usage_token="$DEMO_DIR/usage-token"
-  (umask 077 && k create token "$model" -n "$ns" --audience usage.serving.helixflow.io --duration 24h >"$usage_token")
-  start runtime-serve "$bin/runtime" serve --model "$model" --namespace "$ns" --kubeconfig "$KUBECONFIG" \
+  # the model's ServiceAccount for the aggregator's audience (usage.TokenAudience), bound to
+  # the pod it reports as (POD_NAME). In a pod the kubelet projects that token and replaces it
+  # hourly; here kubectl asks for one that lasts a day, bound to one of the model's kwok pods.
+  local usage_token="$DEMO_DIR/usage-token" pod
+  pod="$(k get pods -n "$ns" -l "serving.helixflow.io/inference-model=$model" -o jsonpath='{.items[0].metadata.name}')"
+  [[ -n "$pod" ]] || die "no pod of $model to report usage as"
+  (umask 077 && k create token "$model" -n "$ns" --audience usage.serving.helixflow.io --duration 24h \
+    --bound-object-kind Pod --bound-object-name "$pod" >"$usage_token")
+  start runtime-serve env POD_NAME="$pod" "$bin/runtime" serve --model "$model" --namespace "$ns" --kubeconfig "$KUBECONFIG" \
     --upstream "http://127.0.0.1:$engine_port" --http-address "127.0.0.1:$runtime_port" --grpc-address 0 \
     --metrics-address "127.0.0.1:$runtime_metrics" --usage-endpoint "127.0.0.1:$usage" --usage-token-file "$usage_token"
   local url="http://127.0.0.1:$runtime_port"

@@ -218,7 +218,7 @@ func (a *Aggregator) Report(ctx context.Context, req *usagev1.ReportRequest) (*u
 		reportsTotal.WithLabelValues(resultInvalid).Inc()
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if err := authorize(caller, b); err != nil {
+	if err := authorize(caller, req.GetReporterId(), b); err != nil {
 		reportsTotal.WithLabelValues(resultForbidden).Inc()
 		a.logRefused(ctx, err)
 		return nil, err

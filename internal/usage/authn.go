@@ -48,6 +48,9 @@ const (
 	// serviceAccountsGroupPrefix the name of the group of its namespace.
 	serviceAccountPrefix       = "system:serviceaccount:"
 	serviceAccountsGroupPrefix = "system:serviceaccounts:"
+	// podNameExtra is the user info the API server adds for a token bound to a pod (as the
+	// kubelet's projected tokens are): the pod's name.
+	podNameExtra = "authentication.kubernetes.io/pod-name"
 )
 
 // reporterAuth authenticates the runtimes that report: each sends a ServiceAccount token for
@@ -76,6 +79,7 @@ type reporterAuth struct {
 // and never after expires (the token's exp; fresh when unknown).
 type reviewed struct {
 	namespace, serviceAccount string
+	pod                       string // the pod the token is bound to
 	fresh, expires            time.Time
 }
 
@@ -199,7 +203,12 @@ func reviewedIdentity(s authenticationv1.TokenReviewStatus) (reviewed, error) {
 		!slices.Contains(s.User.Groups, serviceAccountsGroupPrefix+ns) {
 		return reviewed{}, fmt.Errorf("%q is not a ServiceAccount: usage is reported with a model pod's ServiceAccount token", s.User.Username)
 	}
-	return reviewed{namespace: ns, serviceAccount: sa}, nil
+	// Bound to a pod, the token also names the runtime's reporter IDs (authorize).
+	pods := s.User.Extra[podNameExtra]
+	if len(pods) != 1 || pods[0] == "" {
+		return reviewed{}, errors.New("the token is not bound to a pod: usage is reported with the token the kubelet projects into a model pod")
+	}
+	return reviewed{namespace: ns, serviceAccount: sa, pod: pods[0]}, nil
 }
 
 // tokenExpiry reads the exp claim of a JWT the API server has just verified.
@@ -248,11 +257,17 @@ func (ra *reporterAuth) forget(sum [sha256.Size]byte) {
 	delete(ra.cache, sum)
 }
 
-// authorize refuses a batch with an entry outside the namespace of id (the zero id, a caller
-// without a token where that is allowed, may report for any).
-func authorize(id reviewed, b batch) error {
+// authorize refuses a batch with an entry outside the namespace of id, or with a reporter ID
+// that is not its pod's: pods of the namespace could otherwise send a runtime's ID with a
+// higher seq, and its next batches would be skipped as duplicates. The zero id, a caller
+// without a token where that is allowed, may report anything.
+func authorize(id reviewed, reporterID string, b batch) error {
 	if id.namespace == "" {
 		return nil
+	}
+	if prefix := reporterIDPrefix(id.pod); !strings.HasPrefix(reporterID, prefix) {
+		return status.Errorf(codes.PermissionDenied, "the runtime of pod %s/%s reports as %s*, not as %q (its POD_NAME must be the pod's name)",
+			id.namespace, id.pod, prefix, reporterID)
 	}
 	for key := range b {
 		if key.Namespace != id.namespace {

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -26,13 +28,18 @@ import (
 	"github.com/helixflow/helixflow/test/testenv"
 )
 
-// saToken is a token of ServiceAccount ns/name for audience, from the API server.
+// tokenPods is the pod each token of saToken is bound to: reportWith reports as its runtime.
+var tokenPods sync.Map // token -> pod name
+
+// saToken is a token of ServiceAccount ns/name for audience, from the API server, bound to a
+// new pod of that account.
 func saToken(t *testing.T, ns, name, audience string) string {
 	t.Helper()
-	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, name, audience, 3600)
+	token, pod, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, name, audience, 3600)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tokenPods.Store(token, pod)
 	return token
 }
 
@@ -54,8 +61,20 @@ func countingReviews(t *testing.T, n *atomic.Int32) client.Client {
 	})
 }
 
-// reportWith calls a.Report as a gRPC call with authorization (none when "") would.
+// reportWith calls a.Report as a gRPC call with authorization (none when "") would, from the
+// runtime of the pod of the token (saToken), or "pod-x".
 func reportWith(t *testing.T, a *Aggregator, authorization string, seq uint64, keys ...types.NamespacedName) error {
+	t.Helper()
+	_, token, _ := strings.Cut(authorization, " ")
+	id := "pod-x"
+	if pod, ok := tokenPods.Load(token); ok {
+		id = reporterIDPrefix(pod.(string)) + "0123456789abcdef"
+	}
+	return reportAs(t, a, authorization, id, seq, keys...)
+}
+
+// reportAs is reportWith as the runtime with reporter ID id.
+func reportAs(t *testing.T, a *Aggregator, authorization, id string, seq uint64, keys ...types.NamespacedName) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -64,13 +83,14 @@ func reportWith(t *testing.T, a *Aggregator, authorization string, seq uint64, k
 		md.Set("authorization", authorization)
 	}
 	req := batchFor(keys)
-	req.Seq = seq
+	req.ReporterId, req.Seq = id, seq
 	_, err := a.Report(metadata.NewIncomingContext(ctx, md), req)
 	return err
 }
 
-// Only a model pod's ServiceAccount token for the aggregator's audience gets a batch in, and
-// only for ApiKeys of the token's namespace; refused batches change nothing.
+// Only a model pod's ServiceAccount token for the aggregator's audience gets a batch in, only
+// for ApiKeys of the token's namespace and only under its pod's reporter IDs; refused batches
+// change nothing.
 func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 	nsA, nsB := newNamespace(t), newNamespace(t)
 	keyA, keyB := createKey(t, nsA, "k", nil), createKey(t, nsB, "k", nil)
@@ -81,6 +101,16 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(countingReviews(t, &reviews), false), WithAggregatorLogger(logger))
 	tokenA := saToken(t, nsA, "chat", TokenAudience)
 	otherAudience := saToken(t, nsA, "chat", "https://kubernetes.default.svc")
+	podA, _ := tokenPods.Load(tokenA)
+	// A token of the same account that no pod holds (TokenRequest without a bound object).
+	seconds := int64(3600)
+	unbound := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{TokenAudience}, ExpirationSeconds: &seconds}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: nsA, Name: "chat"}}
+	if err := startEnv(t).Client.SubResource("token").Create(t.Context(), sa, unbound); err != nil {
+		t.Fatal(err)
+	}
+	// Another pod's runtime: its reporter ID, under a token of another pod of the account.
+	otherPod := reporterIDPrefix(podA.(string)+"x") + "0123456789abcdef"
 
 	unauthenticated := testutil.ToFloat64(reportsTotal.WithLabelValues(resultUnauthenticated))
 	forbidden := testutil.ToFloat64(reportsTotal.WithLabelValues(resultForbidden))
@@ -95,15 +125,22 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 		{"not a bearer token", "Basic " + tokenA, []types.NamespacedName{keyA}, codes.Unauthenticated, `"Bearer <ServiceAccount token>"`},
 		{"a made-up token", "Bearer not-a-token", []types.NamespacedName{keyA}, codes.Unauthenticated, "not valid for audience " + TokenAudience},
 		{"a token for the API server", "Bearer " + otherAudience, []types.NamespacedName{keyA}, codes.Unauthenticated, "not valid for audience " + TokenAudience},
+		{"a token bound to no pod", "Bearer " + unbound.Status.Token, []types.NamespacedName{keyA}, codes.Unauthenticated, "not bound to a pod"},
 		{"a key of another namespace", "Bearer " + tokenA, []types.NamespacedName{keyB}, codes.PermissionDenied, "ServiceAccount " + nsA + "/chat may only report usage of ApiKeys in namespace " + nsA},
 		{"keys of both namespaces", "Bearer " + tokenA, []types.NamespacedName{keyA, keyB}, codes.PermissionDenied, "not of " + keyB.String()},
+		{"another pod's reporter ID", "Bearer " + tokenA, []types.NamespacedName{keyA}, codes.PermissionDenied, "its POD_NAME must be the pod's name"},
 	}
 	for i, tc := range cases {
-		err := reportWith(t, a, tc.authorization, uint64(i+1), tc.keys...)
+		var err error
+		if tc.name == "another pod's reporter ID" {
+			err = reportAs(t, a, tc.authorization, otherPod, uint64(i+1), tc.keys...)
+		} else {
+			err = reportWith(t, a, tc.authorization, uint64(i+1), tc.keys...)
+		}
 		if status.Code(err) != tc.code || !strings.Contains(status.Convert(err).Message(), tc.message) {
 			t.Errorf("%s: %v, want %s with %q", tc.name, err, tc.code, tc.message)
 		}
-		if err != nil && (strings.Contains(err.Error(), tokenA) || strings.Contains(err.Error(), otherAudience)) {
+		if err != nil && (strings.Contains(err.Error(), tokenA) || strings.Contains(err.Error(), otherAudience) || strings.Contains(err.Error(), unbound.Status.Token)) {
 			t.Errorf("%s: the error repeats the token", tc.name)
 		}
 	}
@@ -114,11 +151,11 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 		t.Errorf("log has %d refusals, want %d, and no token:\n%s", n, len(cases), logged)
 	}
 	checkUsage(t, map[types.NamespacedName]counts{keyA: {}, keyB: {}})
-	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultUnauthenticated)) - unauthenticated; d != 4 {
-		t.Errorf("unauthenticated batches counted %v, want 4", d)
+	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultUnauthenticated)) - unauthenticated; d != 5 {
+		t.Errorf("unauthenticated batches counted %v, want 5", d)
 	}
-	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultForbidden)) - forbidden; d != 2 {
-		t.Errorf("forbidden batches counted %v, want 2", d)
+	if d := testutil.ToFloat64(reportsTotal.WithLabelValues(resultForbidden)) - forbidden; d != 3 {
+		t.Errorf("forbidden batches counted %v, want 3", d)
 	}
 
 	if err := reportWith(t, a, "bearer "+tokenA, 10, keyA); err != nil {
@@ -127,8 +164,8 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 	// A batch charges each key 1 token, 1 request (batchFor).
 	checkUsage(t, map[types.NamespacedName]counts{keyA: {1, 1}, keyB: {}})
 	// tokenA was reviewed once for three batches; refused tokens are not remembered.
-	if n := reviews.Load(); n != 3 {
-		t.Errorf("%d TokenReviews, want 3 (the made-up token, the API server's, tokenA once)", n)
+	if n := reviews.Load(); n != 4 {
+		t.Errorf("%d TokenReviews, want 4 (the made-up token, the API server's, the unbound one, tokenA once)", n)
 	}
 }
 
@@ -148,14 +185,21 @@ func TestReporterSendsTheTokenOfItsFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	writeToken(saToken(t, ns, "chat", TokenAudience))
+	token := saToken(t, ns, "chat", TokenAudience)
+	pod, _ := tokenPods.Load(token)
+	t.Setenv("POD_NAME", pod.(string)) // NewReporterID: the runtime runs in that pod
+	writeToken(token)
 	r := startReporter(t, addr, WithTokenFile(file))
 	record(r, key, 3, 4)
 	flush(t, r)
 	checkUsage(t, map[types.NamespacedName]counts{key: {7, 1}})
 
-	// The token is replaced: the next batch carries the new one (another review).
-	writeToken(saToken(t, ns, "chat", TokenAudience))
+	// The kubelet replaces the token: the next batch carries the new one (another review).
+	renewed, err := testenv.PodToken(t.Context(), startEnv(t).Client, ns, pod.(string), TokenAudience, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeToken(renewed)
 	record(r, key, 1, 1)
 	flush(t, r)
 	checkUsage(t, map[types.NamespacedName]counts{key: {9, 2}})
@@ -252,8 +296,11 @@ func TestTokenReviewsAreLimited(t *testing.T) {
 func TestReviewedIdentity(t *testing.T) {
 	sa := func(name string, audiences ...string) authenticationv1.TokenReviewStatus {
 		return authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: audiences, User: authenticationv1.UserInfo{
-			Username: name, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated"}}}
+			Username: name, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:team-a", "system:authenticated"},
+			Extra: map[string]authenticationv1.ExtraValue{podNameExtra: {"chat-7d9f-x2"}}}}
 	}
+	unbound := sa("system:serviceaccount:team-a:chat", TokenAudience)
+	unbound.User.Extra = nil
 	otherGroup := sa("system:serviceaccount:team-a:chat", TokenAudience)
 	otherGroup.User.Groups = []string{"system:serviceaccounts", "system:serviceaccounts:team-b"}
 	cases := []struct {
@@ -262,7 +309,8 @@ func TestReviewedIdentity(t *testing.T) {
 		want    reviewed
 		wantErr string
 	}{
-		{"a ServiceAccount", sa("system:serviceaccount:team-a:chat", TokenAudience), reviewed{namespace: "team-a", serviceAccount: "chat"}, ""},
+		{"a ServiceAccount", sa("system:serviceaccount:team-a:chat", TokenAudience), reviewed{namespace: "team-a", serviceAccount: "chat", pod: "chat-7d9f-x2"}, ""},
+		{"not bound to a pod", unbound, reviewed{}, "not bound to a pod"},
 		{"not authenticated", authenticationv1.TokenReviewStatus{Error: "token has expired"}, reviewed{}, "not valid for audience " + TokenAudience + ": token has expired"},
 		{"no audience confirmed", sa("system:serviceaccount:team-a:chat"), reviewed{}, "not confirmed for audience"},
 		{"another audience", sa("system:serviceaccount:team-a:chat", "vault"), reviewed{}, "not confirmed for audience"},
@@ -286,10 +334,11 @@ func TestCachedReviewEndsWithTheToken(t *testing.T) {
 	key := createKey(t, ns, "k", nil)
 	var reviews atomic.Int32
 	base := time.Now()
-	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)
+	token, pod, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)
 	if err != nil {
 		t.Fatal(err)
 	}
+	tokenPods.Store(token, pod)
 	var now atomic.Pointer[time.Time]
 	now.Store(new(base.Add(590 * time.Second))) // ten seconds before the token expires
 	addr := freeAddr(t)
@@ -389,7 +438,7 @@ func TestReviewCacheIsBounded(t *testing.T) {
 // tokenExpiry reads the exp claim of a token from the API server.
 func TestTokenExpiry(t *testing.T) {
 	ns := newNamespace(t)
-	token, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)
+	token, _, err := testenv.ServiceAccountToken(t.Context(), startEnv(t).Client, ns, "chat", TokenAudience, 600)
 	if err != nil {
 		t.Fatal(err)
 	}

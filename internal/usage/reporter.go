@@ -161,13 +161,21 @@ func NewReporterID() string {
 	if host == "" {
 		host, _ = os.Hostname() // an empty name still leaves the nonce unique
 	}
-	nonce := make([]byte, 8)
+	nonce := make([]byte, reporterNonceBytes)
 	_, _ = crand.Read(nonce) // never fails (crypto/rand)
-	suffix := "-" + hex.EncodeToString(nonce)
-	if len(host) > MaxReporterIDLength-len(suffix) {
-		host = host[:MaxReporterIDLength-len(suffix)]
+	return reporterIDPrefix(host) + hex.EncodeToString(nonce)
+}
+
+// reporterNonceBytes is the random part of a reporter ID, in bytes (twice as many hex digits).
+const reporterNonceBytes = 8
+
+// reporterIDPrefix is how the reporter IDs of the runtime in pod start: its name (cut to leave
+// room for the nonce) and "-". The aggregator holds a runtime to the prefix of its pod.
+func reporterIDPrefix(pod string) string {
+	if room := MaxReporterIDLength - 1 - 2*reporterNonceBytes; len(pod) > room {
+		pod = pod[:room]
 	}
-	return host + suffix
+	return pod + "-"
 }
 
 // ID is the reporter's ID.

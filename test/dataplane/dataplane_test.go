@@ -152,10 +152,12 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 	}
 	engine, engineURL := testengine.NewTestServer(t, engineCfg)
 	// The reconciler creates the model's ServiceAccount too; whichever comes first, it is one.
-	usageToken, err := testenv.ServiceAccountTokenFile(ctx, env.Client, t.TempDir(), ns.Name, model.Name, usage.TokenAudience)
+	// The token is bound to a pod object (nothing runs it) that the runtime plays.
+	usageToken, pod, err := testenv.ServiceAccountTokenFile(ctx, env.Client, t.TempDir(), ns.Name, model.Name, usage.TokenAudience)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Setenv("POD_NAME", pod)
 	c := &cluster{t: t, ns: ns.Name, engine: engine, engineURL: engineURL, cfg: cfg, stopManager: stopManager, usageToken: usageToken}
 	c.startRuntime()
 	return c

@@ -43,14 +43,15 @@ const (
 // replica receives it and across manager restarts.
 //
 // Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
-// ServiceAccount for the audience usage.serving.helixflow.io, which the aggregator checks with
-// a TokenReview. A batch may name only ApiKeys of that ServiceAccount's namespace.
+// ServiceAccount for the audience usage.serving.helixflow.io, bound to the pod, which the
+// aggregator checks with a TokenReview. A batch may name only ApiKeys of that ServiceAccount's
+// namespace, and its reporter_id must start with the pod's name and "-".
 type UsageAggregatorClient interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
 	// no longer exist, or exist under another uid, whose counts are dropped). Any error means "send the same batch again":
 	// UNAVAILABLE or DEADLINE_EXCEEDED when the counts could not be written yet,
-	// UNAUTHENTICATED without a valid token, PERMISSION_DENIED for ApiKeys of another namespace
+	// UNAUTHENTICATED without a valid token, PERMISSION_DENIED for ApiKeys of another namespace or another pod's reporter_id
 	// (both until the runtime's token or configuration is put right);
 	// INVALID_ARGUMENT when the batch breaks the rules below (resending it will not help).
 	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*ReportResponse, error)
@@ -90,14 +91,15 @@ func (c *usageAggregatorClient) Report(ctx context.Context, in *ReportRequest, o
 // replica receives it and across manager restarts.
 //
 // Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
-// ServiceAccount for the audience usage.serving.helixflow.io, which the aggregator checks with
-// a TokenReview. A batch may name only ApiKeys of that ServiceAccount's namespace.
+// ServiceAccount for the audience usage.serving.helixflow.io, bound to the pod, which the
+// aggregator checks with a TokenReview. A batch may name only ApiKeys of that ServiceAccount's
+// namespace, and its reporter_id must start with the pod's name and "-".
 type UsageAggregatorServer interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
 	// no longer exist, or exist under another uid, whose counts are dropped). Any error means "send the same batch again":
 	// UNAVAILABLE or DEADLINE_EXCEEDED when the counts could not be written yet,
-	// UNAUTHENTICATED without a valid token, PERMISSION_DENIED for ApiKeys of another namespace
+	// UNAUTHENTICATED without a valid token, PERMISSION_DENIED for ApiKeys of another namespace or another pod's reporter_id
 	// (both until the runtime's token or configuration is put right);
 	// INVALID_ARGUMENT when the batch breaks the rules below (resending it will not help).
 	Report(context.Context, *ReportRequest) (*ReportResponse, error)
