@@ -48,7 +48,8 @@ func TestGrafanaDashboard(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"helixflow_runtime_requests_total", "helixflow_runtime_time_to_first_token_seconds",
-		"helixflow_runtime_tokens_total", "helixflow_runtime_rejections_total", "helixflow_gpu_memory_used_bytes", "helixflow_gpu_utilization_ratio"} {
+		"helixflow_runtime_tokens_total", "helixflow_runtime_rejections_total", "helixflow_gpu_memory_used_bytes", "helixflow_gpu_utilization_ratio",
+		"helixflow_usage_reports_total"} {
 		if !used[want] {
 			t.Errorf("the dashboard does not show %s", want)
 		}
@@ -72,17 +73,19 @@ func TestGrafanaDashboard(t *testing.T) {
 	applyDryRun(t, manifests)
 }
 
-// exportedMetrics are the metric names the code registers: the runtime's full names, and the
-// probe's helixflow_gpu_<name> gauges.
+// exportedMetrics are the metric names the code registers: the runtime's and the usage
+// aggregator's full names, and the probe's helixflow_gpu_<name> gauges.
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
-	serve, err := os.ReadFile(filepath.Join(filepath.Dir(chartDir()), "..", "internal", "runtime", "serve", "metrics.go"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range metricName.FindAllString(string(serve), -1) {
-		out[m] = true
+	for _, file := range [][]string{{"runtime", "serve", "metrics.go"}, {"usage", "metrics.go"}} {
+		src, err := os.ReadFile(filepath.Join(append([]string{filepath.Dir(chartDir()), "..", "internal"}, file...)...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range metricName.FindAllString(string(src), -1) {
+			out[m] = true
+		}
 	}
 	probe, err := os.ReadFile(filepath.Join(filepath.Dir(chartDir()), "..", "internal", "probe", "metrics.go"))
 	if err != nil {
