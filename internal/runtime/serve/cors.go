@@ -62,11 +62,48 @@ func (s *Server) cors(h http.Handler) http.Handler {
 			return
 		}
 		if allowed {
-			hdr.Set("Access-Control-Allow-Origin", origin)
-			hdr.Set("Access-Control-Expose-Headers", "Retry-After")
+			allowReading(hdr, origin)
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// allowReading lets a page of origin read the answer (and its Retry-After).
+func allowReading(hdr http.Header, origin string) {
+	hdr.Set("Access-Control-Allow-Origin", origin)
+	hdr.Set("Access-Control-Expose-Headers", "Retry-After")
+}
+
+// headCORS is what cors adds to an answer, for a request of which only head, the start of
+// its head, was read: the fast path refuses a head over the cap before parsing it, and a
+// page of an allowed origin should read that 431 rather than see a network error. Only
+// whole lines count (the last may have been cut).
+func (s *Server) headCORS(head []byte) http.Header {
+	lines := strings.Split(string(head), "\n")
+	target := strings.Fields(lines[0])
+	if len(target) < 2 {
+		return nil
+	}
+	route, _, _ := strings.Cut(target[1], "?")
+	var origin, host string
+	for _, line := range lines[1 : len(lines)-1] {
+		name, value, ok := strings.Cut(line, ":")
+		switch {
+		case !ok:
+		case strings.EqualFold(name, "Origin"):
+			origin = strings.TrimSpace(value)
+		case strings.EqualFold(name, "Host"):
+			host = strings.TrimSpace(value)
+		}
+	}
+	if origin == "" || !isCORSRoute(route) {
+		return nil
+	}
+	hdr := http.Header{"Vary": {"Origin"}}
+	if originAllowed(origin, host, s.originPatterns()) {
+		allowReading(hdr, origin)
+	}
+	return hdr
 }
 
 // originPatterns are the browser origins allowed besides the runtime's own host.

@@ -3,6 +3,7 @@ package serve
 import (
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -159,6 +160,30 @@ func TestOriginAllowed(t *testing.T) {
 	} {
 		if got := originAllowed(tc.origin, "runtime.svc:8080", patterns); got != tc.want {
 			t.Errorf("originAllowed(%q) = %v, want %v", tc.origin, got, tc.want)
+		}
+	}
+}
+
+// headCORS reads what it needs from the start of a head: whole lines only, any case, the
+// route without its query.
+func TestHeadCORS(t *testing.T) {
+	s := &Server{opts: Options{WebSocket: WebSocketOptions{OriginPatterns: []string{"app.example.com"}}}, model: newModelWatch(&modelState{})}
+	cases := []struct {
+		name, head, allow string
+		vary              bool
+	}{
+		{"an allowed origin", "POST /v1/chat/completions HTTP/1.1\r\nHost: rt\r\norigin: https://app.example.com\r\nX-Big: yyy", "https://app.example.com", true},
+		{"the runtime's own host", "GET /v1/models?x=1 HTTP/1.1\r\nHOST: rt.example.org\r\nOrigin: https://rt.example.org\r\n", "https://rt.example.org", true},
+		{"another origin", "POST /v1/embeddings HTTP/1.1\r\nOrigin: https://elsewhere.test\r\n", "", true},
+		{"an Origin cut short", "POST /v1/chat/completions HTTP/1.1\r\nOrigin: https://app.example.com", "", false},
+		{"no Origin", "POST /v1/chat/completions HTTP/1.1\r\nHost: rt\r\n", "", false},
+		{"not an API route", "GET /healthz HTTP/1.1\r\nOrigin: https://app.example.com\r\n", "", false},
+		{"no request line", "garbage", "", false},
+	}
+	for _, tc := range cases {
+		h := s.headCORS([]byte(tc.head))
+		if got := h.Get("Access-Control-Allow-Origin"); got != tc.allow || slices.Contains(h.Values("Vary"), "Origin") != tc.vary {
+			t.Errorf("%s: %v, want Access-Control-Allow-Origin %q, Vary: Origin %v", tc.name, h, tc.allow, tc.vary)
 		}
 	}
 }

@@ -510,7 +510,7 @@ func (f *h1Front) serveCall(c *h1Conn, req h1Request, body *bytes.Buffer) bool {
 		if fail.Status == 499 {
 			return false // the client left, or shutdown gave up: nobody to answer
 		}
-		f.writeFailure(c, fail, false)
+		f.writeFailure(c, fail, false, nil)
 	}
 	return true // the answer is sent by serveConn, as it awaits the next request
 }
@@ -589,7 +589,7 @@ var errHeadTooLarge = errors.New("request head too large")
 func (f *h1Front) refuseHead(c *h1Conn) {
 	fail := headerTooLarge(f.s.maxHeaderBytes())
 	f.s.countRejection(fail, "")
-	f.writeFailure(c, fail, true)
+	f.writeFailure(c, fail, true, f.s.headCORS(c.head))
 	if c.flush() != nil {
 		return
 	}
@@ -607,10 +607,13 @@ const (
 	h1DrainLimit   = 1 << 20
 )
 
-// writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would;
-// closing adds Connection: close.
-func (f *h1Front) writeFailure(c *h1Conn, fail *Failure, closing bool) {
+// writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would, with
+// header's fields besides; closing adds Connection: close.
+func (f *h1Front) writeFailure(c *h1Conn, fail *Failure, closing bool, header http.Header) {
 	rec := &h1Recorder{header: http.Header{}}
+	for k, vs := range header {
+		rec.header[k] = vs
+	}
 	fail.writeHTTP(rec)
 	writeStatusLine(c.bw, rec.status)
 	for k, vs := range rec.header {

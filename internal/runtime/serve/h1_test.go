@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,9 +180,14 @@ func TestH1AnswersAsNetHTTPWould(t *testing.T) {
 // A head over MaxHeaderBytes gets an OpenAI-shaped 431 and the connection closes, whether the
 // fast path reads it or net/http does (on a connection it serves since an earlier request).
 func TestHeaderOverTheCap(t *testing.T) {
-	r := newRig(t, testengine.Config{}, func(o *Options) { o.MaxHeaderBytes = 4096 })
+	r := newRig(t, testengine.Config{}, func(o *Options) {
+		o.MaxHeaderBytes = 4096
+		o.WebSocket.OriginPatterns = []string{"app.example.com"}
+	})
 	key := r.addKey("k", nil)
-	check := func(t *testing.T, c *h1Client) {
+	const page, otherPage = "Origin: https://app.example.com", "Origin: https://elsewhere.test"
+	// check reads the 431 and returns its header.
+	check := func(t *testing.T, c *h1Client) http.Header {
 		t.Helper()
 		resp, err := http.ReadResponse(c.br, nil)
 		if err != nil {
@@ -198,13 +204,43 @@ func TestHeaderOverTheCap(t *testing.T) {
 		if _, err := c.br.ReadByte(); !errors.Is(err, io.EOF) {
 			t.Errorf("connection still open after the 431 (read: %v)", err)
 		}
+		return resp.Header
+	}
+	// readable says a page of origin may read the answer (CORS), and that it says it varies.
+	readable := func(h http.Header, origin string) bool {
+		return h.Get("Access-Control-Allow-Origin") == origin && slices.Contains(h.Values("Vary"), "Origin")
 	}
 	t.Run("fast path", func(t *testing.T) {
 		c := dialH1(t, r)
 		c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 64<<10)))
-		check(t, c)
+		if h := check(t, c); h.Get("Access-Control-Allow-Origin") != "" || h.Get("Vary") != "" {
+			t.Errorf("a 431 to a request without an Origin has CORS headers: %v", h)
+		}
 		if got := r.s.h1.served.Load(); got != 0 {
 			t.Errorf("fast path served %d calls, want 0", got)
+		}
+	})
+	// Refused before it is parsed, the 431 still lets a page of an allowed origin read it
+	// (its SDK sees a 431, not a network error); a page of another origin, not.
+	t.Run("fast path, a page of an allowed origin", func(t *testing.T) {
+		c := dialH1(t, r)
+		c.send(h1Post(RouteChatCompletions, key, h1Chat, page, "X-Big: "+strings.Repeat("y", 64<<10)))
+		if h := check(t, c); !readable(h, "https://app.example.com") {
+			t.Errorf("the 431 is not readable by the page: %v", h)
+		}
+	})
+	t.Run("fast path, a page of another origin", func(t *testing.T) {
+		c := dialH1(t, r)
+		c.send(h1Post(RouteChatCompletions, key, h1Chat, otherPage, "X-Big: "+strings.Repeat("y", 64<<10)))
+		if h := check(t, c); h.Get("Access-Control-Allow-Origin") != "" || !slices.Contains(h.Values("Vary"), "Origin") {
+			t.Errorf("the 431 to another origin's page: %v, want Vary: Origin and no Access-Control-Allow-Origin", h)
+		}
+	})
+	t.Run("fast path, an Origin beyond the cap", func(t *testing.T) {
+		c := dialH1(t, r)
+		c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 64<<10), page))
+		if h := check(t, c); h.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("the 431 names an Origin it never read: %v", h)
 		}
 	})
 	t.Run("net/http", func(t *testing.T) {
@@ -215,8 +251,10 @@ func TestHeaderOverTheCap(t *testing.T) {
 			t.Fatalf("GET /v1/models: %v %v", resp, err)
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
-		c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 5000)))
-		check(t, c)
+		c.send(h1Post(RouteChatCompletions, key, h1Chat, page, "X-Big: "+strings.Repeat("y", 5000)))
+		if h := check(t, c); !readable(h, "https://app.example.com") {
+			t.Errorf("the 431 is not readable by the page: %v", h)
+		}
 	})
 }
 
