@@ -250,6 +250,11 @@ func (ra *reporterAuth) remember(sum [sha256.Size]byte, id reviewed, now time.Ti
 	ra.cache[sum] = id
 }
 
+// isNonce says s is a reporter ID's nonce: 2*reporterNonceBytes lowercase hex digits.
+func isNonce(s string) bool {
+	return len(s) == 2*reporterNonceBytes && strings.Trim(s, "0123456789abcdef") == ""
+}
+
 // forget drops a token the API server no longer vouches for.
 func (ra *reporterAuth) forget(sum [sha256.Size]byte) {
 	ra.mu.Lock()
@@ -258,16 +263,18 @@ func (ra *reporterAuth) forget(sum [sha256.Size]byte) {
 }
 
 // authorize refuses a batch with an entry outside the namespace of id, or with a reporter ID
-// that is not its pod's: pods of the namespace could otherwise send a runtime's ID with a
-// higher seq, and its next batches would be skipped as duplicates. The zero id, a caller
-// without a token where that is allowed, may report anything.
+// that is not its pod's (NewReporterID's: the pod name, "-" and the nonce): pods of the
+// namespace could otherwise send a runtime's ID with a higher seq, and its next batches would
+// be skipped as duplicates. The nonce must be all that follows the pod name, or a pod named
+// "chat-7d9f" could take the IDs of pod "chat-7d9f-x2abc". The zero id, a caller without a
+// token where that is allowed, may report anything.
 func authorize(id reviewed, reporterID string, b batch) error {
 	if id.namespace == "" {
 		return nil
 	}
-	if prefix := reporterIDPrefix(id.pod); !strings.HasPrefix(reporterID, prefix) {
-		return status.Errorf(codes.PermissionDenied, "the runtime of pod %s/%s reports as %s*, not as %q (its POD_NAME must be the pod's name)",
-			id.namespace, id.pod, prefix, reporterID)
+	if nonce, ok := strings.CutPrefix(reporterID, reporterIDPrefix(id.pod)); !ok || !isNonce(nonce) {
+		return status.Errorf(codes.PermissionDenied, "the runtime of pod %s/%s reports as %q, not as its pod (its POD_NAME must be the pod's name)",
+			id.namespace, id.pod, reporterID)
 	}
 	for key := range b {
 		if key.Namespace != id.namespace {

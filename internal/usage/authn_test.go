@@ -128,7 +128,7 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 		{"a token bound to no pod", "Bearer " + unbound.Status.Token, []types.NamespacedName{keyA}, codes.Unauthenticated, "not bound to a pod"},
 		{"a key of another namespace", "Bearer " + tokenA, []types.NamespacedName{keyB}, codes.PermissionDenied, "ServiceAccount " + nsA + "/chat may only report usage of ApiKeys in namespace " + nsA},
 		{"keys of both namespaces", "Bearer " + tokenA, []types.NamespacedName{keyA, keyB}, codes.PermissionDenied, "not of " + keyB.String()},
-		{"another pod's reporter ID", "Bearer " + tokenA, []types.NamespacedName{keyA}, codes.PermissionDenied, "its POD_NAME must be the pod's name"},
+		{"another pod's reporter ID", "Bearer " + tokenA, []types.NamespacedName{keyA}, codes.PermissionDenied, "not as its pod"},
 	}
 	for i, tc := range cases {
 		var err error
@@ -460,5 +460,36 @@ func TestAuthenticationBeforeValidation(t *testing.T) {
 	_, err := a.Report(t.Context(), &usagev1.ReportRequest{})
 	if status.Code(err) != codes.Unauthenticated {
 		t.Errorf("an invalid batch without a token: %v, want Unauthenticated", err)
+	}
+}
+
+// A runtime reports only under its pod's IDs: the pod name, "-" and a nonce, nothing else,
+// so that no pod name that starts another's takes its IDs.
+func TestAuthorizeHoldsRuntimesToTheirPod(t *testing.T) {
+	b := batch{{NamespacedName: types.NamespacedName{Namespace: "team-a", Name: "k"}}: {}}
+	cases := []struct {
+		pod, reporterID string
+		ok              bool
+	}{
+		{"chat-7d9f-x2abc", "chat-7d9f-x2abc-0123456789abcdef", true},
+		{"chat-7d9f", "chat-7d9f-x2abc-0123456789abcdef", false}, // a pod named as the start of another
+		{"chat-7d9f-x2abc", "chat-7d9f-x2abc-0123456789abcde", false},
+		{"chat-7d9f-x2abc", "chat-7d9f-x2abc-0123456789abcdef0", false},
+		{"chat-7d9f-x2abc", "chat-7d9f-x2abc-0123456789ABCDEF", false},
+		{"chat-7d9f-x2abc", "chat-7d9f-x2abd-0123456789abcdef", false},
+		{strings.Repeat("p", 200), reporterIDPrefix(strings.Repeat("p", 200)) + "0123456789abcdef", true}, // cut to fit, as NewReporterID cuts it
+	}
+	for _, tc := range cases {
+		err := authorize(reviewed{namespace: "team-a", serviceAccount: "chat", pod: tc.pod}, tc.reporterID, b)
+		if (err == nil) != tc.ok || (err != nil && status.Code(err) != codes.PermissionDenied) {
+			t.Errorf("pod %s reporting as %s: %v, want allowed %v", tc.pod, tc.reporterID, err, tc.ok)
+		}
+	}
+	if err := authorize(reviewed{}, "anything", b); err != nil {
+		t.Errorf("a caller without a token, where allowed: %v", err)
+	}
+	t.Setenv("POD_NAME", "chat-7d9f-x2abc")
+	if id := NewReporterID(); authorize(reviewed{namespace: "team-a", pod: "chat-7d9f-x2abc"}, id, b) != nil {
+		t.Errorf("the runtime's own reporter ID %s refused", id)
 	}
 }
