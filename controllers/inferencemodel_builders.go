@@ -307,8 +307,9 @@ func (d modelDesired) volumes() []corev1.Volume {
 		vols = append(vols, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: ref.Name}}})
 	}
 	if d.cfg.UsageEndpoint != "" {
-		// The runtime proves to the usage aggregator which namespace it reports for with a
-		// token of the pod's ServiceAccount that only the aggregator accepts.
+		// The runtime proves to the usage aggregator which pod (and so namespace) it reports
+		// for with a token of the pod's ServiceAccount, bound to the pod, that only the
+		// aggregator accepts.
 		vols = append(vols, corev1.Volume{Name: "usage-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
 				Audience: usage.TokenAudience, ExpirationSeconds: ptr.To(usageTokenSeconds), Path: usageTokenFile,

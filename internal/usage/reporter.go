@@ -127,8 +127,8 @@ func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]st
 }
 
 // RequireTransportSecurity is false: the aggregator's port is plain gRPC inside the cluster.
-// A token read off the wire lets its reader report usage for the pod's namespace until it
-// expires (an hour at most), and nothing else: its audience is the aggregator's only.
+// A token read off the wire lets its reader report usage as the pod until it expires (an hour
+// at most), and nothing else: its audience is the aggregator's only.
 func (tokenFile) RequireTransportSecurity() bool { return false }
 
 // NewReporter returns a Reporter for the aggregator at endpoint (host:port, or any gRPC
