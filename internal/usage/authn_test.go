@@ -46,6 +46,13 @@ func saToken(t *testing.T, ns, name, audience string) string {
 // countingReviews is the envtest client, counting the TokenReviews created through it.
 func countingReviews(t *testing.T, n *atomic.Int32) client.Client {
 	t.Helper()
+	return reviewsThrough(t, func() error { n.Add(1); return nil })
+}
+
+// reviewsThrough is the envtest client, calling before for each TokenReview created through
+// it; an error from before is the creation's.
+func reviewsThrough(t *testing.T, before func() error) client.Client {
+	t.Helper()
 	e := startEnv(t)
 	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
 	if err != nil {
@@ -54,7 +61,9 @@ func countingReviews(t *testing.T, n *atomic.Int32) client.Client {
 	return interceptor.NewClient(direct, interceptor.Funcs{
 		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
 			if _, ok := obj.(*authenticationv1.TokenReview); ok {
-				n.Add(1)
+				if err := before(); err != nil {
+					return err
+				}
 			}
 			return c.Create(ctx, obj, opts...)
 		},
@@ -368,19 +377,12 @@ func TestCachedReviewEndsWithTheToken(t *testing.T) {
 func TestTokenReviewsFailing(t *testing.T) {
 	ns := newNamespace(t)
 	key := createKey(t, ns, "k", nil)
-	e := startEnv(t)
-	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var failing atomic.Bool
-	flaky := interceptor.NewClient(direct, interceptor.Funcs{
-		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-			if failing.Load() {
-				return errors.New(`tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:helixflow-system:manager" cannot create`)
-			}
-			return c.Create(ctx, obj, opts...)
-		},
+	flaky := reviewsThrough(t, func() error {
+		if failing.Load() {
+			return errors.New(`tokenreviews.authentication.k8s.io is forbidden: User "system:serviceaccount:helixflow-system:manager" cannot create`)
+		}
+		return nil
 	})
 	var logs strings.Builder
 	var logMu sync.Mutex
@@ -388,7 +390,7 @@ func TestTokenReviewsFailing(t *testing.T) {
 	var now atomic.Pointer[time.Time]
 	now.Store(new(time.Now()))
 	addr := freeAddr(t)
-	a := NewAggregator(e.Client, addr, WithFlushInterval(testFlushInterval), WithReporterAuthentication(flaky, false),
+	a := NewAggregator(startEnv(t).Client, addr, WithFlushInterval(testFlushInterval), WithReporterAuthentication(flaky, false),
 		WithAggregatorLogger(logger), WithClock(func() time.Time { return *now.Load() }))
 	serve(t, a, addr)
 	known, unknown := saToken(t, ns, "one", TokenAudience), saToken(t, ns, "two", TokenAudience)
@@ -400,7 +402,7 @@ func TestTokenReviewsFailing(t *testing.T) {
 	if err := reportWith(t, a, "Bearer "+known, 2, key); err != nil {
 		t.Errorf("a token reviewed before, the API server failing: %v", err)
 	}
-	err = reportWith(t, a, "Bearer "+unknown, 3, key)
+	err := reportWith(t, a, "Bearer "+unknown, 3, key)
 	if status.Code(err) != codes.Unavailable || strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("a new token, the API server failing: %v, want Unavailable without the API server's words", err)
 	}
