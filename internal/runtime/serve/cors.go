@@ -80,6 +80,9 @@ func allowReading(hdr http.Header, origin string) {
 // whole lines count (the last may have been cut).
 func (s *Server) headCORS(head []byte) http.Header {
 	lines := strings.Split(string(head), "\n")
+	if len(lines) < 2 { // the request line itself was cut
+		return nil
+	}
 	target := strings.Fields(lines[0])
 	if len(target) < 2 {
 		return nil

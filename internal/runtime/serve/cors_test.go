@@ -179,6 +179,7 @@ func TestHeadCORS(t *testing.T) {
 		{"no Origin", "POST /v1/chat/completions HTTP/1.1\r\nHost: rt\r\n", "", false},
 		{"not an API route", "GET /healthz HTTP/1.1\r\nOrigin: https://app.example.com\r\n", "", false},
 		{"no request line", "garbage", "", false},
+		{"a request line cut short", "POST /v1/chat/completions?x=" + strings.Repeat("y", 100), "", false},
 	}
 	for _, tc := range cases {
 		h := s.headCORS([]byte(tc.head))

@@ -236,6 +236,11 @@ func TestHeaderOverTheCap(t *testing.T) {
 			t.Errorf("the 431 to another origin's page: %v, want Vary: Origin and no Access-Control-Allow-Origin", h)
 		}
 	})
+	t.Run("fast path, a request line over the cap", func(t *testing.T) {
+		c := dialH1(t, r)
+		c.send("POST " + RouteChatCompletions + "?x=" + strings.Repeat("y", 64<<10) + " HTTP/1.1\r\nHost: runtime\r\n\r\n")
+		check(t, c)
+	})
 	t.Run("fast path, an Origin beyond the cap", func(t *testing.T) {
 		c := dialH1(t, r)
 		c.send(h1Post(RouteChatCompletions, key, h1Chat, "X-Big: "+strings.Repeat("y", 64<<10), page))
