@@ -250,6 +250,10 @@ func (ra *reporterAuth) remember(sum [sha256.Size]byte, id reviewed, now time.Ti
 	ra.cache[sum] = id
 }
 
+// maxReportingPodName is the longest pod name a reporter ID holds whole: model pods' names
+// (a Deployment's generated ones) are far shorter.
+const maxReportingPodName = MaxReporterIDLength - 1 - 2*reporterNonceBytes
+
 // isNonce says s is a reporter ID's nonce: 2*reporterNonceBytes lowercase hex digits.
 func isNonce(s string) bool {
 	return len(s) == 2*reporterNonceBytes && strings.Trim(s, "0123456789abcdef") == ""
@@ -272,7 +276,11 @@ func authorize(id reviewed, reporterID string, b batch) error {
 	if id.namespace == "" {
 		return nil
 	}
-	if nonce, ok := strings.CutPrefix(reporterID, reporterIDPrefix(id.pod)); !ok || !isNonce(nonce) {
+	// A name cut to fit (reporterIDPrefix) would give pods sharing its start one ID space.
+	if len(id.pod) > maxReportingPodName {
+		return status.Errorf(codes.PermissionDenied, "pod %s/%s: names over %d characters cannot report usage", id.namespace, id.pod, maxReportingPodName)
+	}
+	if nonce, ok := strings.CutPrefix(reporterID, id.pod+"-"); !ok || !isNonce(nonce) {
 		return status.Errorf(codes.PermissionDenied, "the runtime of pod %s/%s reports as %q, not as its pod (its POD_NAME must be the pod's name)",
 			id.namespace, id.pod, reporterID)
 	}

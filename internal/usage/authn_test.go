@@ -479,7 +479,9 @@ func TestAuthorizeHoldsRuntimesToTheirPod(t *testing.T) {
 		{"chat-7d9f-x2abc", "chat-7d9f-x2abc-0123456789abcdef0", false},
 		{"chat-7d9f-x2abc", "chat-7d9f-x2abc-0123456789ABCDEF", false},
 		{"chat-7d9f-x2abc", "chat-7d9f-x2abd-0123456789abcdef", false},
-		{strings.Repeat("p", 200), reporterIDPrefix(strings.Repeat("p", 200)) + "0123456789abcdef", true}, // cut to fit, as NewReporterID cuts it
+		{strings.Repeat("p", 111), strings.Repeat("p", 111) + "-0123456789abcdef", true},
+		// Cut to fit, a name would share its IDs with every pod of the same first 111 characters.
+		{strings.Repeat("p", 112), reporterIDPrefix(strings.Repeat("p", 112)) + "0123456789abcdef", false},
 	}
 	for _, tc := range cases {
 		err := authorize(reviewed{namespace: "team-a", serviceAccount: "chat", pod: tc.pod}, tc.reporterID, b)

@@ -42,11 +42,15 @@
 // belongs to (a TokenReview, remembered for a minute per token), refuses a batch without a
 // valid one (UNAUTHENTICATED) and one that names an ApiKey outside the ServiceAccount's
 // namespace, or that comes under a reporter_id other than the token's pod's (PERMISSION_DENIED:
-// the token must be bound to a pod, as projected ones are, and reporter IDs start with the pod
-// name), before anything is queued. The namespace is the boundary: whoever may create pods in
-// a namespace may run them as its models' ServiceAccounts, and so charge its ApiKeys, but no
-// other namespace's (they could as well mount the keys' Secrets); they cannot send batches as
-// another pod's runtime and so keep its next batches from counting. The API
+// the token must be bound to a pod, as projected ones are, and a reporter ID is exactly the
+// pod name, "-" and 16 hex digits, NewReporterID's; pods named over 111 characters cannot
+// report), before anything is queued. The namespace is the boundary: whoever may create pods
+// in a namespace may run them as its models' ServiceAccounts, and so charge its ApiKeys, but
+// no other namespace's (they could as well mount the keys' Secrets); a pod of theirs cannot
+// send batches as another pod's runtime and so keep its next batches from counting. That
+// still takes only a token bound to the model pod (who may create the ServiceAccount's tokens
+// can mint one; the port is plain gRPC, so one can be read off the network), or no token at
+// all under --usage-allow-unauthenticated. The API
 // server does not take a token of that audience, and the aggregator no token of another.
 // TokenReviews are limited (50 per second, bursts of 200, per replica; beyond, a token not
 // seen before is answered UNAVAILABLE and the runtime resends), so made-up tokens cannot turn

@@ -170,12 +170,9 @@ func NewReporterID() string {
 const reporterNonceBytes = 8
 
 // reporterIDPrefix is how the reporter IDs of the runtime in pod start: its name (cut to leave
-// room for the nonce) and "-". The aggregator holds a runtime to the prefix of its pod.
+// room for the nonce; the aggregator takes none cut) and "-".
 func reporterIDPrefix(pod string) string {
-	if room := MaxReporterIDLength - 1 - 2*reporterNonceBytes; len(pod) > room {
-		pod = pod[:room]
-	}
-	return pod + "-"
+	return pod[:min(len(pod), maxReportingPodName)] + "-"
 }
 
 // ID is the reporter's ID.

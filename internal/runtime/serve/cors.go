@@ -93,9 +93,9 @@ func (s *Server) headCORS(head []byte) http.Header {
 		name, value, ok := strings.Cut(line, ":")
 		switch {
 		case !ok:
-		case strings.EqualFold(name, "Origin"):
+		case strings.EqualFold(name, "Origin") && origin == "": // the first, as Header.Get
 			origin = strings.TrimSpace(value)
-		case strings.EqualFold(name, "Host"):
+		case strings.EqualFold(name, "Host") && host == "":
 			host = strings.TrimSpace(value)
 		}
 	}

@@ -177,6 +177,7 @@ func TestHeadCORS(t *testing.T) {
 		{"another origin", "POST /v1/embeddings HTTP/1.1\r\nOrigin: https://elsewhere.test\r\n", "", true},
 		{"an Origin cut short", "POST /v1/chat/completions HTTP/1.1\r\nOrigin: https://app.example.com", "", false},
 		{"no Origin", "POST /v1/chat/completions HTTP/1.1\r\nHost: rt\r\n", "", false},
+		{"two Origins: the first counts", "POST /v1/chat/completions HTTP/1.1\r\nOrigin: https://elsewhere.test\r\nOrigin: https://app.example.com\r\n", "", true},
 		{"not an API route", "GET /healthz HTTP/1.1\r\nOrigin: https://app.example.com\r\n", "", false},
 		{"no request line", "garbage", "", false},
 		{"a request line cut short", "POST /v1/chat/completions?x=" + strings.Repeat("y", 100), "", false},

@@ -45,7 +45,7 @@ const (
 // Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
 // ServiceAccount for the audience usage.serving.helixflow.io, bound to the pod, which the
 // aggregator checks with a TokenReview. A batch may name only ApiKeys of that ServiceAccount's
-// namespace, and its reporter_id must start with the pod's name and "-".
+// namespace, and its reporter_id must be the pod's name, "-" and 16 lowercase hex digits.
 type UsageAggregatorClient interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
@@ -93,7 +93,7 @@ func (c *usageAggregatorClient) Report(ctx context.Context, in *ReportRequest, o
 // Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
 // ServiceAccount for the audience usage.serving.helixflow.io, bound to the pod, which the
 // aggregator checks with a TokenReview. A batch may name only ApiKeys of that ServiceAccount's
-// namespace, and its reporter_id must start with the pod's name and "-".
+// namespace, and its reporter_id must be the pod's name, "-" and 16 lowercase hex digits.
 type UsageAggregatorServer interface {
 	// Report applies one batch. It returns OK only once the batch's counts are stored in the
 	// ApiKeys' status (or the batch was a duplicate of one already stored, or names ApiKeys that
