@@ -83,9 +83,6 @@ type reviewed struct {
 	fresh, expires            time.Time
 }
 
-// errReviewsLimited means the TokenReviews of the moment are used up: the runtime resends.
-var errReviewsLimited = errors.New("too many new tokens to review at once")
-
 func newReporterAuth(c client.Client, allowUnauthenticated bool) *reporterAuth {
 	return &reporterAuth{client: c, allowUnauthenticated: allowUnauthenticated, now: time.Now, log: logr.Discard(),
 		reviews: rate.NewLimiter(reviewsPerSecond, reviewsBurst), failedReviewLog: rate.Sometimes{First: 1, Interval: time.Minute},
@@ -106,12 +103,7 @@ func (ra *reporterAuth) authenticate(ctx context.Context) (reviewed, error) {
 		return reviewed{}, status.Error(codes.Unauthenticated, "no ServiceAccount token: runtimes report with a token for audience "+
 			TokenAudience+" (runtime serve --usage-token-file)")
 	}
-	id, err := ra.review(ctx, token)
-	if errors.Is(err, errReviewsLimited) {
-		reviewsLimitedTotal.Inc()
-		return reviewed{}, resendStatus(err.Error())
-	}
-	return id, err
+	return ra.review(ctx, token)
 }
 
 // bearerToken is the token of the call's "authorization: Bearer" metadata, "" without one.
@@ -134,7 +126,8 @@ func bearerToken(ctx context.Context) (string, error) {
 }
 
 // review asks the API server who token belongs to, unless it asked within reviewCacheTTL.
-// Refused tokens are not remembered: the limiter bounds what they cost.
+// Refused tokens are not remembered: the limiter bounds what they cost. Its errors are gRPC
+// statuses.
 func (ra *reporterAuth) review(ctx context.Context, token string) (reviewed, error) {
 	sum := sha256.Sum256([]byte(token))
 	now := ra.now()
@@ -149,7 +142,8 @@ func (ra *reporterAuth) review(ctx context.Context, token string) (reviewed, err
 		if valid {
 			return id, nil
 		}
-		return reviewed{}, errReviewsLimited
+		reviewsLimitedTotal.Inc()
+		return reviewed{}, resendStatus("too many new tokens to review at once")
 	}
 	tr := &authenticationv1.TokenReview{Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{TokenAudience}}}
 	if err := ra.client.Create(ctx, tr); err != nil {
@@ -171,17 +165,12 @@ func (ra *reporterAuth) review(ctx context.Context, token string) (reviewed, err
 	id.expires = id.fresh
 	if exp, ok := tokenExpiry(token); ok {
 		id.expires = exp
-		id.fresh = minTime(id.fresh, exp)
+		if exp.Before(id.fresh) {
+			id.fresh = exp
+		}
 	}
 	ra.remember(sum, id, now)
 	return id, nil
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // reviewedIdentity is the ServiceAccount a TokenReview vouched for, for TokenAudience.
