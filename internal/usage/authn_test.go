@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/funcr"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
@@ -70,6 +69,28 @@ func reviewsThrough(t *testing.T, before func() error) client.Client {
 	})
 }
 
+// fakeClock is a clock a test moves, read safely by the aggregator's goroutines.
+type fakeClock struct{ now atomic.Pointer[time.Time] }
+
+func newFakeClock(start time.Time) *fakeClock {
+	c := &fakeClock{}
+	c.now.Store(&start)
+	return c
+}
+
+func (c *fakeClock) Now() time.Time { return *c.now.Load() }
+
+func (c *fakeClock) add(d time.Duration) { c.now.Store(new(c.Now().Add(d))) }
+
+// clockedAggregator serves an aggregator that reviews tokens through reviews, on clock.
+// Tests call its Report directly; serving runs the flush loop that stores the counts.
+func clockedAggregator(t *testing.T, reviews client.Client, clock *fakeClock, opts ...AggregatorOption) *Aggregator {
+	t.Helper()
+	opts = append([]AggregatorOption{WithReporterAuthentication(reviews, false), WithClock(clock.Now)}, opts...)
+	a, _ := startAggregator(t, freeAddr(t), opts...)
+	return a
+}
+
 // reportWith calls a.Report as a gRPC call with authorization (none when "") would, from the
 // runtime of the pod of the token (saToken), or "pod-x".
 func reportWith(t *testing.T, a *Aggregator, authorization string, seq uint64, keys ...types.NamespacedName) error {
@@ -104,10 +125,8 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 	nsA, nsB := newNamespace(t), newNamespace(t)
 	keyA, keyB := createKey(t, nsA, "k", nil), createKey(t, nsB, "k", nil)
 	var reviews atomic.Int32
-	var logs strings.Builder
-	var logMu sync.Mutex
-	logger := funcr.New(func(prefix, args string) { logMu.Lock(); defer logMu.Unlock(); logs.WriteString(prefix + args + "\n") }, funcr.Options{Verbosity: 1})
-	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(countingReviews(t, &reviews), false), WithAggregatorLogger(logger))
+	var logs logLines
+	a, _ := startAggregator(t, freeAddr(t), WithReporterAuthentication(countingReviews(t, &reviews), false), WithAggregatorLogger(logs.logger(1)))
 	tokenA := saToken(t, nsA, "chat", TokenAudience)
 	otherAudience := saToken(t, nsA, "chat", "https://kubernetes.default.svc")
 	podA, _ := tokenPods.Load(tokenA)
@@ -153,9 +172,7 @@ func TestReportersAuthenticateWithServiceAccountTokens(t *testing.T) {
 			t.Errorf("%s: the error repeats the token", tc.name)
 		}
 	}
-	logMu.Lock()
 	logged := logs.String()
-	logMu.Unlock()
 	if n := strings.Count(logged, "usage batch refused"); n != len(cases) || strings.Contains(logged, tokenA) || strings.Contains(logged, otherAudience) {
 		t.Errorf("log has %d refusals, want %d, and no token:\n%s", n, len(cases), logged)
 	}
@@ -256,13 +273,9 @@ func TestTokenReviewsAreLimited(t *testing.T) {
 	ns := newNamespace(t)
 	key := createKey(t, ns, "k", nil)
 	var reviews atomic.Int32
-	var now atomic.Pointer[time.Time]
-	now.Store(new(time.Now()))
-	addr := freeAddr(t)
-	a := NewAggregator(startEnv(t).Client, addr, WithFlushInterval(testFlushInterval),
-		WithReporterAuthentication(countingReviews(t, &reviews), false), WithClock(func() time.Time { return *now.Load() }))
+	clock := newFakeClock(time.Now())
+	a := clockedAggregator(t, countingReviews(t, &reviews), clock)
 	a.auth.reviews = rate.NewLimiter(0, 1)
-	serve(t, a, addr) // for the flush loop; Report is called directly
 	first, second := saToken(t, ns, "one", TokenAudience), saToken(t, ns, "two", TokenAudience)
 
 	limited := testutil.ToFloat64(reviewsLimitedTotal)
@@ -285,7 +298,7 @@ func TestTokenReviewsAreLimited(t *testing.T) {
 	// A minute later the first token is due for another review; with the reviews used up
 	// it is taken as vouched for before (it has not expired): made-up tokens cannot starve
 	// the runtimes already known.
-	now.Store(new(now.Load().Add(reviewCacheTTL)))
+	clock.add(reviewCacheTTL)
 	if err := reportWith(t, a, "Bearer "+first, 4, key); err != nil {
 		t.Errorf("the reviewed token a minute later, reviews used up: %v", err)
 	}
@@ -348,16 +361,12 @@ func TestCachedReviewEndsWithTheToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokenPods.Store(token, pod)
-	var now atomic.Pointer[time.Time]
-	now.Store(new(base.Add(590 * time.Second))) // ten seconds before the token expires
-	addr := freeAddr(t)
-	a := NewAggregator(startEnv(t).Client, addr, WithFlushInterval(testFlushInterval),
-		WithReporterAuthentication(countingReviews(t, &reviews), false), WithClock(func() time.Time { return *now.Load() }))
-	serve(t, a, addr)
+	clock := newFakeClock(base.Add(590 * time.Second)) // ten seconds before the token expires
+	a := clockedAggregator(t, countingReviews(t, &reviews), clock)
 	if err := reportWith(t, a, "Bearer "+token, 1, key); err != nil {
 		t.Fatal(err)
 	}
-	now.Store(new(base.Add(620 * time.Second))) // within the minute, past exp
+	clock.add(30 * time.Second) // within the minute, past exp
 	a.auth.reviews = rate.NewLimiter(0, 0)
 	if err := reportWith(t, a, "Bearer "+token, 2, key); status.Code(err) != codes.Unavailable {
 		t.Errorf("an expired token, reviews used up: %v, want Unavailable", err)
@@ -384,21 +393,15 @@ func TestTokenReviewsFailing(t *testing.T) {
 		}
 		return nil
 	})
-	var logs strings.Builder
-	var logMu sync.Mutex
-	logger := funcr.New(func(prefix, args string) { logMu.Lock(); defer logMu.Unlock(); logs.WriteString(prefix + args + "\n") }, funcr.Options{})
-	var now atomic.Pointer[time.Time]
-	now.Store(new(time.Now()))
-	addr := freeAddr(t)
-	a := NewAggregator(startEnv(t).Client, addr, WithFlushInterval(testFlushInterval), WithReporterAuthentication(flaky, false),
-		WithAggregatorLogger(logger), WithClock(func() time.Time { return *now.Load() }))
-	serve(t, a, addr)
+	var logs logLines
+	clock := newFakeClock(time.Now())
+	a := clockedAggregator(t, flaky, clock, WithAggregatorLogger(logs.logger(0)))
 	known, unknown := saToken(t, ns, "one", TokenAudience), saToken(t, ns, "two", TokenAudience)
 	if err := reportWith(t, a, "Bearer "+known, 1, key); err != nil {
 		t.Fatal(err)
 	}
 	failing.Store(true)
-	now.Store(new(now.Load().Add(reviewCacheTTL)))
+	clock.add(reviewCacheTTL)
 	if err := reportWith(t, a, "Bearer "+known, 2, key); err != nil {
 		t.Errorf("a token reviewed before, the API server failing: %v", err)
 	}
@@ -406,8 +409,6 @@ func TestTokenReviewsFailing(t *testing.T) {
 	if status.Code(err) != codes.Unavailable || strings.Contains(err.Error(), "forbidden") {
 		t.Errorf("a new token, the API server failing: %v, want Unavailable without the API server's words", err)
 	}
-	logMu.Lock()
-	defer logMu.Unlock()
 	if n := strings.Count(logs.String(), "forbidden"); n != 1 {
 		t.Errorf("the failing review is logged %d times, want once (a line a minute):\n%s", n, logs.String())
 	}

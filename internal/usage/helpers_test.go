@@ -4,10 +4,14 @@ import (
 	"context"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/funcr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -186,3 +190,27 @@ func recordMany(r *Reporter, keys []types.NamespacedName, n int, want map[types.
 		want[key] = counts{c.tokens + prompt + completion, c.requests + 1}
 	}
 }
+
+// logLines collects what a logger writes, a line per call, for a test to read.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+// logger writes to l, up to verbosity.
+func (l *logLines) logger(verbosity int) logr.Logger {
+	return funcr.New(func(prefix, args string) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.lines = append(l.lines, prefix+args)
+	}, funcr.Options{Verbosity: verbosity})
+}
+
+// get returns the lines written so far.
+func (l *logLines) get() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.lines)
+}
+
+func (l *logLines) String() string { return strings.Join(l.get(), "\n") }

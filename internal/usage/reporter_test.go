@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/funcr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -118,19 +117,13 @@ func TestReporterLogsFailureStreaks(t *testing.T) {
 		return nil
 	}}
 	r := startFake(t, f)
-	var mu sync.Mutex
-	var lines []string
-	r.log = funcr.New(func(prefix, args string) {
-		mu.Lock()
-		defer mu.Unlock()
-		lines = append(lines, args)
-	}, funcr.Options{})
+	var logs logLines
+	r.log = logs.logger(0)
 	r.Record("ns", "k", "uid-1", 1, 1)
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
+	lines := logs.get()
 	var streaks []string
 	for _, l := range lines {
 		switch {
