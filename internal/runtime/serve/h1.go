@@ -608,12 +608,12 @@ const (
 )
 
 // writeFailure writes an OpenAI-shaped error, the same bytes the net/http handler would, with
-// header's fields besides; closing adds Connection: close.
+// header's fields besides (header is written to; nil for none); closing adds Connection: close.
 func (f *h1Front) writeFailure(c *h1Conn, fail *Failure, closing bool, header http.Header) {
-	rec := &h1Recorder{header: http.Header{}}
-	for k, vs := range header {
-		rec.header[k] = vs
+	if header == nil {
+		header = http.Header{}
 	}
+	rec := &h1Recorder{header: header}
 	fail.writeHTTP(rec)
 	writeStatusLine(c.bw, rec.status)
 	for k, vs := range rec.header {
