@@ -30,9 +30,10 @@ const (
 	shmMountPath    = "/dev/shm"
 	gpuClaimName    = "gpus"
 	// usageTokenDir holds the runtime's ServiceAccount token for the usage aggregator, in
-	// the file usageTokenFile.
+	// the file usageTokenFile, and the aggregator's CA certificate, in usageCAFile.
 	usageTokenDir  = "/var/run/secrets/helixflow/usage"
 	usageTokenFile = "token"
+	usageCAFile    = "ca.crt"
 	// usageTokenSeconds is that token's lifetime; the kubelet replaces it at 80%.
 	usageTokenSeconds int64 = 3600
 	// nonRootUID is the user every container runs as (PSS restricted needs non-root).
@@ -309,10 +310,16 @@ func (d modelDesired) volumes() []corev1.Volume {
 	if d.cfg.UsageEndpoint != "" {
 		// The runtime proves to the usage aggregator which pod (and so namespace) it reports
 		// for with a token of the pod's ServiceAccount, bound to the pod, that only the
-		// aggregator accepts.
+		// aggregator accepts; it sends it over TLS, verifying the aggregator with the CA the
+		// manager publishes in the namespace. Optional: the pod starts before the first
+		// publication, and the runtime keeps its counts until the file appears.
 		vols = append(vols, corev1.Volume{Name: "usage-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
 				Audience: usage.TokenAudience, ExpirationSeconds: ptr.To(usageTokenSeconds), Path: usageTokenFile,
+			}}, {ConfigMap: &corev1.ConfigMapProjection{
+				LocalObjectReference: corev1.LocalObjectReference{Name: auth.JWKSConfigMapName},
+				Items:                []corev1.KeyToPath{{Key: usage.CAConfigMapKey, Path: usageCAFile}},
+				Optional:             ptr.To(true),
 			}}},
 		}}})
 	}
@@ -457,7 +464,8 @@ func (d modelDesired) runtimeContainer() corev1.Container {
 	}
 	var mounts []corev1.VolumeMount
 	if d.cfg.UsageEndpoint != "" {
-		args = append(args, "--usage-endpoint="+d.cfg.UsageEndpoint, "--usage-token-file="+usageTokenDir+"/"+usageTokenFile)
+		args = append(args, "--usage-endpoint="+d.cfg.UsageEndpoint, "--usage-token-file="+usageTokenDir+"/"+usageTokenFile,
+			"--usage-ca-file="+usageTokenDir+"/"+usageCAFile)
 		mounts = append(mounts, corev1.VolumeMount{Name: "usage-token", MountPath: usageTokenDir, ReadOnly: true})
 	}
 	return corev1.Container{

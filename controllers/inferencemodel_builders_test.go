@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/usage"
 )
 
@@ -1064,20 +1065,24 @@ func TestWeightsCacheClaim(t *testing.T) {
 }
 
 // With a usage endpoint the runtime gets a projected ServiceAccount token for the usage
-// aggregator's audience, mounted into it alone, and the flag that names the file; without
-// one, neither.
+// aggregator's audience and the aggregator's CA certificate as published in the namespace
+// (optional: the pod starts before the first publication), mounted into it alone, and the
+// flags that name the files; without one, none of it.
 func TestBuilderUsageToken(t *testing.T) {
 	m := makeModel("llama").Obj()
 	spec := mustDeployment(t, desiredFor(m, nil, 1)).Spec.Template.Spec
 	runtime := findContainer(t, spec.Containers, containerRuntime)
-	for _, want := range []string{"--usage-endpoint=usage.test:9443", "--usage-token-file=" + usageTokenDir + "/token"} {
+	for _, want := range []string{"--usage-endpoint=usage.test:9443", "--usage-token-file=" + usageTokenDir + "/token",
+		"--usage-ca-file=" + usageTokenDir + "/ca.crt"} {
 		if !slices.Contains(runtime.Args, want) {
 			t.Errorf("runtime args %v lack %s", runtime.Args, want)
 		}
 	}
 	vol := findVolume(t, spec.Volumes, "usage-token")
 	want := &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
-		Audience: usage.TokenAudience, ExpirationSeconds: ptr.To[int64](3600), Path: "token"}}}}
+		Audience: usage.TokenAudience, ExpirationSeconds: ptr.To[int64](3600), Path: "token"}}, {ConfigMap: &corev1.ConfigMapProjection{
+		LocalObjectReference: corev1.LocalObjectReference{Name: auth.JWKSConfigMapName},
+		Items:                []corev1.KeyToPath{{Key: usage.CAConfigMapKey, Path: "ca.crt"}}, Optional: ptr.To(true)}}}}
 	if diff := cmp.Diff(want, vol.Projected); diff != "" {
 		t.Errorf("usage-token volume (-want +got):\n%s", diff)
 	}

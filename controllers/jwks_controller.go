@@ -21,13 +21,16 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/signing"
+	"github.com/helixflow/helixflow/internal/usage"
 )
 
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
 
 // JWKSReconciler publishes the public signing keys as the ConfigMap helixflow-jwks in every
 // namespace that has an InferenceModel, so runtimes read public keys in their own namespace
-// and nothing of the manager's. Requests are namespaces (Name is the namespace).
+// and nothing of the manager's. The same ConfigMap carries the certificate of the usage
+// aggregator's CA (usage.CAConfigMapKey), which the model pods mount to verify the
+// aggregator with. Requests are namespaces (Name is the namespace).
 type JWKSReconciler struct {
 	Client client.Client
 	// Namespace is the manager's namespace, where the signing-key Secret lives.
@@ -55,6 +58,9 @@ func (r *JWKSReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: auth.JWKSConfigMapName, Labels: managedLabels()},
 		Data:       map[string]string{auth.JWKSDataKey: string(jwks), auth.IssuerDataKey: r.Issuer},
 	}
+	if ca := r.usageCA(ctx); ca != nil {
+		cm.Data[usage.CAConfigMapKey] = string(ca)
+	}
 	// Every model created in the namespace brings it back: a thousand models, a thousand
 	// applies that change nothing, unless the published ConfigMap is seen to be current.
 	live := &corev1.ConfigMap{}
@@ -79,6 +85,24 @@ func (r *JWKSReconciler) publicKeys(ctx context.Context) ([]byte, error) {
 		return nil, nil
 	}
 	return ks.JWKS()
+}
+
+// usageCA is the usage aggregator's CA certificate; nil until an aggregator has made the CA
+// (its Secret's creation brings every namespace back).
+func (r *JWKSReconciler) usageCA(ctx context.Context) []byte {
+	sec := &corev1.Secret{}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: usage.CASecretName}, sec); err != nil {
+		if !apierrors.IsNotFound(err) {
+			log.FromContext(ctx).Error(err, "reading the usage CA Secret; published without its certificate")
+		}
+		return nil
+	}
+	ca, err := usage.CACertificate(sec.Data)
+	if err != nil {
+		log.FromContext(ctx).Error(err, "usage CA Secret unreadable; published without its certificate until an aggregator replaces it")
+		return nil
+	}
+	return ca
 }
 
 // unpublish removes the JWKS from a namespace with no models left.
@@ -116,8 +140,8 @@ func modelNamespaces(ctx context.Context, c client.Reader) []ctrl.Request {
 }
 
 // SetupWithManager watches InferenceModels (a namespace gains or loses its first model), the
-// published ConfigMaps (edited or deleted by someone) and the signing-key Secret (rotation:
-// every namespace with a model gets the new set).
+// published ConfigMaps (edited or deleted by someone), the signing-key Secret (rotation:
+// every namespace with a model gets the new set) and the usage CA Secret.
 func (r *JWKSReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	c := mgr.GetClient()
 	toNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []ctrl.Request {
@@ -134,6 +158,8 @@ func (r *JWKSReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}))).
 		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, _ client.Object) []ctrl.Request {
 			return modelNamespaces(ctx, c)
-		}), builder.WithPredicates(signingSecretOnly(r.Namespace))).
+		}), builder.WithPredicates(predicate.NewPredicateFuncs(func(o client.Object) bool {
+			return o.GetNamespace() == r.Namespace && (o.GetName() == SigningKeySecretName || o.GetName() == usage.CASecretName)
+		}))).
 		Complete(r)
 }

@@ -2,7 +2,10 @@ package controllers
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"testing"
@@ -16,6 +19,8 @@ import (
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/signing"
+	"github.com/helixflow/helixflow/internal/usage"
+	"github.com/helixflow/helixflow/test/testenv"
 )
 
 // publishedKids returns the key IDs in a namespace's JWKS ConfigMap, sorted.
@@ -197,4 +202,66 @@ func TestJWKSNotRewrittenByMoreModels(t *testing.T) {
 func restRequests(t *testing.T, method string) float64 {
 	t.Helper()
 	return counterSum(t, "rest_client_requests_total", "method", method)
+}
+
+// The manager's usage aggregator makes its CA (the Secret stays in the manager's namespace)
+// and serves TLS with a certificate for the host of --usage-endpoint; the CA's certificate is
+// published beside the JWKS, where model pods mount it from. (A deleted CA coming back:
+// internal/usage TestDeletedCAComesBack.)
+func TestUsageCAPublished(t *testing.T) {
+	managerNamespace(t)
+	ctx := context.Background()
+	_ = env.Client.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: testConfig.Namespace, Name: usage.CASecretName}})
+	addr, err := testenv.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig
+	cfg.UsageBindAddress = addr
+	startManagerWith(t, cfg, nil)
+	ns := newNamespace(t, nil)
+	if err := env.Client.Create(ctx, simpleModel(ns, "m")); err != nil {
+		t.Fatal(err)
+	}
+	published := func() ([]byte, error) {
+		cm := &corev1.ConfigMap{}
+		if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
+			return nil, err
+		}
+		sec := &corev1.Secret{}
+		if err := get(sec, testConfig.Namespace, usage.CASecretName); err != nil {
+			return nil, err
+		}
+		want, err := usage.CACertificate(sec.Data)
+		if err != nil {
+			return nil, err
+		}
+		if got := cm.Data[usage.CAConfigMapKey]; got != string(want) {
+			return nil, fmt.Errorf("published CA %q, want the certificate of the CA Secret", got)
+		}
+		return want, nil
+	}
+	var ca []byte
+	eventually(t, "the usage CA published in the model's namespace", func() (err error) { ca, err = published(); return err })
+	if err := get(&corev1.Secret{}, ns, usage.CASecretName); !apierrors.IsNotFound(err) {
+		t.Errorf("usage CA Secret found in a model namespace: %v", err)
+	}
+
+	handshake := func(ca []byte, name string) error {
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(ca)
+		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: name, NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS13})
+		if err == nil {
+			_ = c.Close()
+		}
+		return err
+	}
+	host, _, _ := net.SplitHostPort(cfg.UsageEndpoint)
+	if err := handshake(ca, host); err != nil {
+		t.Errorf("TLS to the aggregator as %s with the published CA: %v", host, err)
+	}
+	if err := handshake(ca, "elsewhere.example"); err == nil {
+		t.Error("the aggregator's certificate is valid for a host it does not serve")
+	}
+
 }

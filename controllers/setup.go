@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -94,6 +95,9 @@ func setupAuth(mgr ctrl.Manager, cfg Config) error {
 	if cfg.UsageBindAddress != "0" {
 		agg := usage.NewAggregator(mgr.GetClient(), cfg.UsageBindAddress, usage.WithAPIReader(mgr.GetAPIReader()),
 			usage.WithReporterAuthentication(mgr.GetClient(), cfg.UsageAllowUnauthenticated),
+			// The certificate is for the host the runtimes are told to dial.
+			usage.WithServingTLS(usage.SecretCA{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Namespace: cfg.Namespace},
+				[]string{endpointHost(cfg.UsageEndpoint)}, cfg.UsageAllowUnauthenticated),
 			usage.WithAggregatorLogger(mgr.GetLogger().WithName("usage")))
 		if err := mgr.Add(agg); err != nil {
 			return fmt.Errorf("adding usage aggregator: %w", err)
@@ -280,4 +284,12 @@ func podBindingChanged() predicate.Predicate {
 		}
 		return o.Spec.NodeName != n.Spec.NodeName || terminal(o) != terminal(n)
 	}}
+}
+
+// endpointHost is the host of a host:port address (the address itself when it has no port).
+func endpointHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
 }

@@ -217,9 +217,18 @@ up() {
   [[ -n "$pod" ]] || die "no pod of $model to report usage as"
   (umask 077 && k create token "$model" -n "$ns" --audience usage.serving.helixflow.io --duration 24h \
     --bound-object-kind Pod --bound-object-name "$pod" >"$usage_token")
+  # It speaks TLS to the aggregator and verifies it with the CA the manager publishes in the
+  # namespace (a pod mounts it), for the name model pods dial, though it dials the local port.
+  local usage_ca="$DEMO_DIR/usage-ca.crt"
+  local tries=0
+  until k get configmap helixflow-jwks -n "$ns" -o jsonpath='{.data.usage-ca\.crt}' >"$usage_ca" 2>/dev/null && [[ -s "$usage_ca" ]]; do
+    (( ++tries < 60 )) || die "the manager has not published its usage CA in $ns"
+    sleep 0.5
+  done
   start runtime-serve env POD_NAME="$pod" "$bin/runtime" serve --model "$model" --namespace "$ns" --kubeconfig "$KUBECONFIG" \
     --upstream "http://127.0.0.1:$engine_port" --http-address "127.0.0.1:$runtime_port" --grpc-address 0 \
-    --metrics-address "127.0.0.1:$runtime_metrics" --usage-endpoint "127.0.0.1:$usage" --usage-token-file "$usage_token"
+    --metrics-address "127.0.0.1:$runtime_metrics" --usage-endpoint "127.0.0.1:$usage" --usage-token-file "$usage_token" \
+    --usage-ca-file "$usage_ca" --usage-server-name helixflow-usage.helixflow-system.svc
   local url="http://127.0.0.1:$runtime_port"
   wait_http "$url/readyz" runtime-serve
   note "ready at $url (metrics at http://127.0.0.1:$runtime_metrics/metrics)"

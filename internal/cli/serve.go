@@ -11,6 +11,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/runtime/procs"
 	"github.com/helixflow/helixflow/internal/runtime/serve"
 	"github.com/helixflow/helixflow/internal/usage"
@@ -42,6 +43,8 @@ engine's usage and reports them to the manager, and serves Prometheus metrics.`,
 	f.StringVar(&opts.MetricsAddress, "metrics-address", opts.MetricsAddress, "Address of the Prometheus metrics endpoint; 0 disables it.")
 	f.StringVar(&opts.UsageEndpoint, "usage-endpoint", "", "gRPC address (host:port) of the manager's usage aggregator; empty disables usage reporting.")
 	f.StringVar(&opts.UsageTokenFile, "usage-token-file", "", "ServiceAccount token (audience "+usage.TokenAudience+") sent with each usage report, read again for each: the projected token the manager mounts into model pods. Empty sends none, which the aggregator refuses unless run with --usage-allow-unauthenticated.")
+	f.StringVar(&opts.UsageCAFile, "usage-ca-file", "", "CA certificates (PEM) to verify the usage aggregator's TLS certificate with, read again for each connection: the manager's CA it publishes as "+usage.CAConfigMapKey+" in the namespace's ConfigMap "+auth.JWKSConfigMapName+". Empty connects with plain gRPC, which the aggregator refuses unless run with --usage-allow-unauthenticated.")
+	f.StringVar(&opts.UsageServerName, "usage-server-name", "", "Name the usage aggregator's certificate must be valid for (default: the host of --usage-endpoint).")
 	f.Int64Var(&opts.MaxBodyBytes, "max-body-bytes", opts.MaxBodyBytes, "Largest request body accepted (413 beyond).")
 	f.IntVar(&opts.MaxHeaderBytes, "max-header-bytes", opts.MaxHeaderBytes, "Largest request header block accepted (431 beyond).")
 	f.DurationVar(&opts.RequestTimeout, "request-timeout", opts.RequestTimeout, "Longest engine call, streams included (504 when the engine has not answered by then).")

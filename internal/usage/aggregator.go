@@ -61,6 +61,7 @@ type Aggregator struct {
 	confirms   *rate.Limiter
 	gone       goneUIDs
 	auth       *reporterAuth // nil: every batch is taken
+	certs      *servingCerts // nil: plain gRPC
 	now        func() time.Time
 	log        logr.Logger
 	serverOpts []grpc.ServerOption
@@ -125,6 +126,9 @@ func NewAggregator(c client.Client, addr string, opts ...AggregatorOption) *Aggr
 	if a.auth != nil {
 		a.auth.now, a.auth.log = a.now, a.log
 	}
+	if a.certs != nil {
+		a.certs.now, a.certs.log = a.now, a.log
+	}
 	return a
 }
 
@@ -167,6 +171,9 @@ func (a *Aggregator) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { defer close(flushed); a.flushLoop(flushCtx) }()
 	defer func() { stopFlush(); <-flushed }()
 
+	if a.certs != nil {
+		go a.certs.keep(ctx)
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	a.log.Info("usage aggregator listening", "address", ln.Addr().String())

@@ -49,16 +49,22 @@
 // no other namespace's (they could as well mount the keys' Secrets); a pod of theirs cannot
 // send batches as another pod's runtime and so keep its next batches from counting. That
 // still takes only a token bound to the model pod (who may create the ServiceAccount's tokens
-// can mint one; the port is plain gRPC, so one can be read off the network), or no token at
-// all under --usage-allow-unauthenticated. The API
+// can mint one), or no token at all under --usage-allow-unauthenticated. The API
 // server does not take a token of that audience, and the aggregator no token of another.
 // TokenReviews are limited (50 per second, bursts of 200, per replica; beyond, a token not
 // seen before is answered UNAVAILABLE and the runtime resends), so made-up tokens cannot turn
 // into a flood of API requests; a token reviewed before is taken until it expires while the
 // reviews are used up or the API server fails, so they delay only runtimes with new tokens. The
 // manager's --usage-allow-unauthenticated takes batches without a token too, for runtimes
-// older than tokens during an upgrade. The port is plain gRPC: a token read off the pod
-// network lets its reader charge that namespace's keys until it expires (an hour). The
+// older than tokens during an upgrade, and plain-gRPC connections.
+//
+// The port speaks TLS (WithServingTLS, tls.go): every replica issues itself a serving
+// certificate for the host runtimes dial, from a CA kept in the Secret CASecretName of the
+// manager's namespace (made by the first replica that finds none, and again when it is
+// deleted, which is how it is rotated). The manager publishes the CA's certificate
+// (CAConfigMapKey, in each model namespace's JWKS ConfigMap); model pods mount it and
+// runtimes verify the aggregator with it (WithServerCA, runtime serve --usage-ca-file), so a
+// token cannot be read off the network. The
 // chart and config/manager also install a NetworkPolicy that lets only model pods
 // (app.kubernetes.io/name=helixflow-runtime, managed-by helixflow) reach the port, where
 // the network plugin enforces NetworkPolicy. Requests are capped in size (MaxRequestBytes,

@@ -14,6 +14,7 @@ import (
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"k8s.io/apimachinery/pkg/types"
@@ -50,6 +51,7 @@ type Reporter struct {
 	minBackoff, maxBackoff time.Duration
 	log                    logr.Logger
 	dialOpts               []grpc.DialOption
+	creds                  credentials.TransportCredentials // nil: plain gRPC
 
 	// sendMu is held for each Report call: one batch on the wire at a time keeps them in
 	// order, which the aggregator's "seq above the last one" rule relies on.
@@ -99,7 +101,8 @@ func WithReporterLogger(l logr.Logger) ReporterOption {
 	return func(r *Reporter) { r.log = l }
 }
 
-// WithDialOptions adds gRPC dial options after the default insecure transport credentials.
+// WithDialOptions adds gRPC dial options after the transport credentials (WithServerCA, else
+// plain gRPC).
 func WithDialOptions(opts ...grpc.DialOption) ReporterOption {
 	return func(r *Reporter) { r.dialOpts = append(r.dialOpts, opts...) }
 }
@@ -126,9 +129,10 @@ func (f tokenFile) GetRequestMetadata(context.Context, ...string) (map[string]st
 	return map[string]string{"authorization": "Bearer " + token}, nil
 }
 
-// RequireTransportSecurity is false: the aggregator's port is plain gRPC inside the cluster.
-// A token read off the wire lets its reader report usage as the pod until it expires (an hour
-// at most), and nothing else: its audience is the aggregator's only.
+// RequireTransportSecurity is false so that a runtime without WithServerCA (tests, a manager
+// serving plain gRPC during an upgrade) still authenticates. Model pods connect with TLS: a
+// token read off a plain connection would let its reader report as the pod until it expires
+// (an hour at most), and nothing else, its audience being the aggregator's only.
 func (tokenFile) RequireTransportSecurity() bool { return false }
 
 // NewReporter returns a Reporter for the aggregator at endpoint (host:port, or any gRPC
@@ -144,8 +148,11 @@ func NewReporter(endpoint, reporterID string, opts ...ReporterOption) (*Reporter
 	for _, o := range opts {
 		o(r)
 	}
-	// Plain gRPC: the aggregator is reachable in-cluster only (see the package doc).
-	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, r.dialOpts...)
+	creds := r.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	dial := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, r.dialOpts...)
 	conn, err := grpc.NewClient(endpoint, dial...)
 	if err != nil {
 		return nil, fmt.Errorf("usage reporter: %w", err)

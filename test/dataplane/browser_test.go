@@ -172,7 +172,7 @@ func allowOrigins(t *testing.T, c *cluster, origins ...string) {
 	if err := env.Client.Patch(context.Background(), m, client.RawPatch(types.MergePatchType, patch)); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the runtime allows "+origins[0], 30*time.Second, func() error {
+	eventually(t, "the runtime allows "+origins[0], func() error {
 		req, err := http.NewRequest(http.MethodOptions, c.runtimeURL+"/v1/models", nil)
 		if err != nil {
 			return err

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,6 +26,7 @@ import (
 
 	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
 	"github.com/helixflow/helixflow/controllers"
+	"github.com/helixflow/helixflow/internal/auth"
 	"github.com/helixflow/helixflow/internal/manager"
 	"github.com/helixflow/helixflow/internal/runtime/serve"
 	"github.com/helixflow/helixflow/internal/usage"
@@ -49,15 +52,17 @@ type cluster struct {
 	engine      *testengine.Engine
 	engineURL   string
 	cfg         controllers.Config
-	// usageToken is the file with the runtime's ServiceAccount token for the aggregator, as
-	// the kubelet projects it into a model pod.
-	usageToken string
+	// usageToken is the file with the runtime's ServiceAccount token for the aggregator, and
+	// usageCA that with the aggregator's CA certificate the manager publishes in the
+	// namespace, as the kubelet projects them into a model pod.
+	usageToken, usageCA string
 }
 
-func eventually(t *testing.T, what string, timeout time.Duration, cond func() error) {
+// eventually polls cond for up to 30 seconds; the last error explains a failure.
+func eventually(t *testing.T, what string, cond func() error) {
 	t.Helper()
 	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
 		last = cond()
 		return last == nil, nil
 	})
@@ -158,7 +163,8 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 		t.Fatal(err)
 	}
 	t.Setenv("POD_NAME", pod)
-	c := &cluster{t: t, ns: ns.Name, engine: engine, engineURL: engineURL, cfg: cfg, stopManager: stopManager, usageToken: usageToken}
+	c := &cluster{t: t, ns: ns.Name, engine: engine, engineURL: engineURL, cfg: cfg, stopManager: stopManager,
+		usageToken: usageToken, usageCA: publishedUsageCA(t, ns.Name)}
 	c.startRuntime()
 	return c
 }
@@ -167,7 +173,31 @@ func newCluster(t *testing.T, engineCfg testengine.Config) *cluster {
 func (c *cluster) startRuntime() {
 	c.runtimeURL, c.stopRuntime = startRuntime(c.t, c.ns, "chat", c.engineURL, func(o *serve.Options) {
 		o.UsageEndpoint, o.UsageTokenFile = c.cfg.UsageBindAddress, c.usageToken
+		// The runtime dials the local port and verifies the name model pods dial.
+		o.UsageCAFile, o.UsageServerName = c.usageCA, strings.Split(c.cfg.UsageEndpoint, ":")[0]
 	})
+}
+
+// publishedUsageCA waits for the manager to publish its usage CA in ns and writes the
+// certificate to a file.
+func publishedUsageCA(t *testing.T, ns string) string {
+	t.Helper()
+	var ca string
+	eventually(t, "the usage CA published in "+ns, func() error {
+		cm := &corev1.ConfigMap{}
+		if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: auth.JWKSConfigMapName}, cm); err != nil {
+			return err
+		}
+		if ca = cm.Data[usage.CAConfigMapKey]; ca == "" {
+			return fmt.Errorf("no %s in ConfigMap %s", usage.CAConfigMapKey, auth.JWKSConfigMapName)
+		}
+		return nil
+	})
+	file := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(file, []byte(ca), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 // apiKey creates an ApiKey, waits until it is Ready and returns its generated key.
@@ -180,7 +210,7 @@ func (c *cluster) apiKey(name string, mutate func(*servingv1alpha1.ApiKey)) stri
 	if err := env.Client.Create(context.Background(), ak); err != nil {
 		c.t.Fatal(err)
 	}
-	eventually(c.t, "ApiKey "+name+" Ready", 30*time.Second, func() error {
+	eventually(c.t, "ApiKey "+name+" Ready", func() error {
 		if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(ak), ak); err != nil {
 			return err
 		}

@@ -60,7 +60,7 @@ func TestUsageExactAcrossRestarts(t *testing.T) {
 	send(20)
 
 	ak := &servingv1alpha1.ApiKey{}
-	eventually(t, "usage in the ApiKey status", 30*time.Second, func() error {
+	eventually(t, "usage in the ApiKey status", func() error {
 		if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: c.ns, Name: "metered"}, ak); err != nil {
 			return err
 		}

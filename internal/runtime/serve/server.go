@@ -39,6 +39,10 @@ type Options struct {
 	// UsageTokenFile holds the ServiceAccount token (audience usage.TokenAudience) sent with
 	// each usage batch, read again for each; empty sends none.
 	UsageTokenFile string
+	// UsageCAFile holds the CA certificates (PEM) the aggregator's TLS certificate is
+	// verified with, for UsageServerName (default: the host of UsageEndpoint); empty
+	// connects with plain gRPC.
+	UsageCAFile, UsageServerName string
 	// MaxBodyBytes caps request bodies (413 beyond).
 	MaxBodyBytes int64
 	// MaxHeaderBytes caps request headers (431 beyond).
@@ -142,6 +146,9 @@ func New(opts Options) (*Server, error) {
 		ropts := []usage.ReporterOption{usage.WithReporterLogger(opts.Log.WithName("usage"))}
 		if opts.UsageTokenFile != "" {
 			ropts = append(ropts, usage.WithTokenFile(opts.UsageTokenFile))
+		}
+		if opts.UsageCAFile != "" {
+			ropts = append(ropts, usage.WithServerCA(opts.UsageCAFile, opts.UsageServerName))
 		}
 		rep, err := usage.NewReporter(opts.UsageEndpoint, usage.NewReporterID(), ropts...)
 		if err != nil {

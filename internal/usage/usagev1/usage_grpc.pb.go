@@ -42,6 +42,8 @@ const (
 // same status write as the new totals, so a resent batch is never counted twice, whichever
 // replica receives it and across manager restarts.
 //
+// The aggregator speaks TLS, with a certificate from the manager's CA, whose certificate the
+// manager publishes as usage-ca.crt in the ConfigMap helixflow-jwks of each model namespace.
 // Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
 // ServiceAccount for the audience usage.serving.helixflow.io, bound to the pod, which the
 // aggregator checks with a TokenReview. A batch may name only ApiKeys of that ServiceAccount's
@@ -90,6 +92,8 @@ func (c *usageAggregatorClient) Report(ctx context.Context, in *ReportRequest, o
 // same status write as the new totals, so a resent batch is never counted twice, whichever
 // replica receives it and across manager restarts.
 //
+// The aggregator speaks TLS, with a certificate from the manager's CA, whose certificate the
+// manager publishes as usage-ca.crt in the ConfigMap helixflow-jwks of each model namespace.
 // Every call carries "authorization: Bearer <token>" metadata: a token of the runtime pod's
 // ServiceAccount for the audience usage.serving.helixflow.io, bound to the pod, which the
 // aggregator checks with a TokenReview. A batch may name only ApiKeys of that ServiceAccount's

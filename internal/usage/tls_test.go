@@ -1,0 +1,317 @@
+package usage
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	servingv1alpha1 "github.com/helixflow/helixflow/api/v1alpha1"
+)
+
+// testServerName is the host the tests' aggregators are certified for; the reporters dial
+// 127.0.0.1 and verify that name, as `runtime serve --usage-server-name` does.
+const testServerName = "helixflow-usage.test.svc"
+
+// tlsAggregator serves an aggregator with TLS from a CA kept in a Secret of a namespace of
+// its own, and returns its address and that namespace.
+func tlsAggregator(t *testing.T, allowPlaintext bool, opts ...AggregatorOption) (addr, caNS string) {
+	t.Helper()
+	e := startEnv(t)
+	caNS, addr = newNamespace(t), freeAddr(t)
+	opts = append(opts, WithServingTLS(SecretCA{Client: e.Client, Reader: e.Client, Namespace: caNS}, []string{testServerName}, allowPlaintext))
+	startAggregator(t, addr, opts...)
+	return addr, caNS
+}
+
+// caFile writes the certificate of the CA in caNS, as the manager publishes it, to a file.
+func caFile(t *testing.T, caNS string) string {
+	t.Helper()
+	sec := &corev1.Secret{}
+	waitFor(t, "the aggregator's CA Secret", func() bool {
+		return startEnv(t).Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec) == nil
+	})
+	pem, err := CACertificate(sec.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, pem)
+}
+
+func writeFile(t *testing.T, b []byte) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(f, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// flushWithin flushes r and returns the error of its call (or ctx's) within d.
+func flushWithin(r *Reporter, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return r.Flush(ctx)
+}
+
+// The aggregator speaks TLS with a certificate from the CA it keeps in a Secret; a runtime
+// that verifies it with the published CA reports, and nothing else gets a batch in: not plain
+// gRPC, not a runtime that trusts another CA or expects another name. A runtime whose CA file
+// is not there yet keeps its counts until it is.
+func TestAggregatorServesTLS(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	var logs logLines
+	addr, caNS := tlsAggregator(t, false, WithAggregatorLogger(logs.logger(0)))
+
+	// Until the CA file is there (the kubelet projects it once the manager has published
+	// the CA), the runtime keeps its batch.
+	missing := filepath.Join(t.TempDir(), "ca.crt")
+	// (gRPC's own reconnection backoff, up to two minutes, is cut short for the test.)
+	waiting := startReporter(t, addr, WithServerCA(missing, testServerName), WithBackoff(50*time.Millisecond, 100*time.Millisecond),
+		WithDialOptions(grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 50 * time.Millisecond,
+			Multiplier: 1.6, MaxDelay: 200 * time.Millisecond}, MinConnectTimeout: time.Second})))
+	record(waiting, key, 1, 2)
+	if err := flushWithin(waiting, 500*time.Millisecond); err == nil {
+		t.Error("flushed before the CA file exists")
+	}
+	if s := waiting.Stats(); !s.Unacknowledged {
+		t.Errorf("reporter without its CA file: %+v, want its batch kept", s)
+	}
+
+	// A plain-gRPC runtime is cut off at its first byte.
+	plain := startReporter(t, addr, WithBackoff(2*time.Second, 4*time.Second))
+	record(plain, key, 100, 100)
+	if err := flushWithin(plain, time.Second); err == nil {
+		t.Error("plain gRPC flushed, want refused")
+	}
+	checkUsage(t, map[types.NamespacedName]counts{key: {0, 0}})
+	if !strings.Contains(logs.String(), "refused a plain-gRPC connection") {
+		t.Errorf("nothing logged of the plain connection refused; logs:\n%s", &logs)
+	}
+	ca := caFile(t, caNS)
+
+	other, err := newCA(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, opt := range map[string]ReporterOption{
+		"another CA":   WithServerCA(writeFile(t, other.certPEM), testServerName),
+		"another name": WithServerCA(ca, "helixflow-usage.elsewhere.svc"),
+		"no PEM":       WithServerCA(writeFile(t, []byte("not a certificate\n")), testServerName),
+	} {
+		r := startReporter(t, addr, opt, WithBackoff(2*time.Second, 4*time.Second))
+		record(r, key, 100, 100)
+		if err := flushWithin(r, time.Second); err == nil {
+			t.Errorf("%s: flushed, want the handshake refused", name)
+		}
+		if s := r.Stats(); !s.Unacknowledged {
+			t.Errorf("%s: %+v, want the batch kept", name, s)
+		}
+	}
+	checkUsage(t, map[types.NamespacedName]counts{key: {0, 0}})
+
+	// The kubelet projects the published CA: the waiting runtime's batch goes through.
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(missing, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flush(t, waiting)
+	r := startReporter(t, addr, WithServerCA(ca, testServerName))
+	record(r, key, 3, 4)
+	flush(t, r)
+	checkUsage(t, map[types.NamespacedName]counts{key: {10, 2}})
+}
+
+// During an upgrade (allowPlaintext, with --usage-allow-unauthenticated) runtimes from before
+// TLS report over plain gRPC beside those that verify the aggregator.
+func TestPlaintextAllowedDuringUpgrade(t *testing.T) {
+	ns := newNamespace(t)
+	key := createKey(t, ns, "k", nil)
+	addr, caNS := tlsAggregator(t, true)
+	plain := startReporter(t, addr)
+	record(plain, key, 1, 1)
+	flush(t, plain)
+	verified := startReporter(t, addr, WithServerCA(caFile(t, caNS), testServerName))
+	record(verified, key, 2, 2)
+	flush(t, verified)
+	checkUsage(t, map[types.NamespacedName]counts{key: {6, 2}})
+}
+
+// Replicas starting together make one CA between them: each that finds no Secret creates
+// one, the losers read the winner's.
+func TestReplicasShareTheCA(t *testing.T) {
+	e := startEnv(t)
+	caNS := newNamespace(t)
+	src := SecretCA{Client: e.Client, Reader: e.Client, Namespace: caNS}
+	const replicas = 4
+	var wg sync.WaitGroup
+	got := make([][32]byte, replicas)
+	for i := range replicas {
+		wg.Go(func() {
+			ca, err := src.load(t.Context(), time.Now())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got[i] = sha256.Sum256(ca.cert.Raw)
+		})
+	}
+	wg.Wait()
+	for i := range got {
+		if got[i] != got[0] {
+			t.Fatalf("replica %d has another CA than replica 0", i)
+		}
+	}
+	sec := &corev1.Secret{}
+	if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec); err != nil {
+		t.Fatal(err)
+	}
+	if sec.Type != corev1.SecretTypeTLS || sec.Labels[servingv1alpha1.LabelManagedBy] != servingv1alpha1.ManagedByValue {
+		t.Errorf("CA Secret type %q labels %v, want kubernetes.io/tls with the managed-by label (the manager caches only those)", sec.Type, sec.Labels)
+	}
+}
+
+// A replica issues itself a serving certificate for its hosts, keeps it while it is fresh,
+// issues a new one two thirds through its life or when the CA Secret was replaced, and keeps
+// serving with the one it has while the Secret cannot be read.
+func TestServingCertificates(t *testing.T) {
+	e := startEnv(t)
+	caNS := newNamespace(t)
+	var failReads bool
+	var mu sync.Mutex
+	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := interceptor.NewClient(direct, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			mu.Lock()
+			fail := failReads
+			mu.Unlock()
+			if fail {
+				return errors.New("the API server is away")
+			}
+			return c.Get(ctx, key, obj, opts...)
+		},
+	})
+	clock := newFakeClock(time.Now())
+	certs := &servingCerts{ca: SecretCA{Client: e.Client, Reader: reader, Namespace: caNS},
+		hosts: []string{"usage.test.svc", "127.0.0.1"}, now: clock.Now, checkEvery: caCheckInterval}
+	get := func() *tls.Certificate {
+		t.Helper()
+		c, err := certs.get(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	verify := func(c *tls.Certificate, name string) error {
+		sec := &corev1.Secret{}
+		if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec); err != nil {
+			t.Fatal(err)
+		}
+		pem, err := CACertificate(sec.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		_, err = c.Leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: name, CurrentTime: clock.Now(),
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+		return err
+	}
+
+	first := get()
+	for _, name := range []string{"usage.test.svc", "127.0.0.1"} {
+		if err := verify(first, name); err != nil {
+			t.Errorf("serving certificate for %s: %v", name, err)
+		}
+	}
+	if err := verify(first, "other.test.svc"); err == nil {
+		t.Error("serving certificate valid for a host it was not issued for")
+	}
+	clock.add(2 * caCheckInterval)
+	if get() != first {
+		t.Error("a fresh certificate was replaced although the CA is the same")
+	}
+
+	clock.add(2*servingValidity/3 + time.Minute)
+	renewed := get()
+	if renewed == first {
+		t.Fatal("the certificate was not renewed two thirds through its life")
+	}
+
+	// The CA Secret is deleted (to rotate the CA): the next check makes a new CA and a
+	// certificate from it.
+	if err := e.Client.Delete(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}}); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(2 * caCheckInterval)
+	rotated := get()
+	if rotated == renewed {
+		t.Fatal("the certificate was not reissued from the new CA")
+	}
+	if err := verify(rotated, "usage.test.svc"); err != nil {
+		t.Errorf("certificate after the CA was replaced: %v", err)
+	}
+
+	// The API server is away: the certificate in hand is kept while it is valid.
+	mu.Lock()
+	failReads = true
+	mu.Unlock()
+	clock.add(2 * caCheckInterval)
+	if get() != rotated {
+		t.Error("the certificate changed while the CA could not be read")
+	}
+	clock.add(servingValidity)
+	if _, err := certs.get(nil); err == nil {
+		t.Error("an expired certificate was served while the CA could not be read")
+	}
+}
+
+// A deleted CA Secret (how the CA is rotated) comes back as a new CA without any handshake
+// to bring it: runtimes whose CA file went with it could not handshake.
+func TestDeletedCAComesBack(t *testing.T) {
+	e := startEnv(t)
+	caNS := newNamespace(t)
+	certs := &servingCerts{ca: SecretCA{Client: e.Client, Reader: e.Client, Namespace: caNS},
+		hosts: []string{"usage.test.svc"}, now: time.Now, checkEvery: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); certs.keep(ctx) }()
+	defer func() { cancel(); <-done }()
+	old, err := os.ReadFile(caFile(t, caNS))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Client.Delete(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a new CA", func() bool {
+		sec := &corev1.Secret{}
+		if e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec) != nil {
+			return false
+		}
+		pem, err := CACertificate(sec.Data)
+		return err == nil && string(pem) != string(old)
+	})
+}
