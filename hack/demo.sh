@@ -285,7 +285,7 @@ down() {
   else
     go run ./hack/local-cluster down --dir "$cluster_dir"
   fi
-  rm -rf "$logs" "$DEMO_DIR/usage-token"
+  rm -rf "$logs" "$DEMO_DIR/usage-token" "$DEMO_DIR/usage-ca.crt"
   rmdir "$DEMO_DIR" 2>/dev/null || true
   note "done"
 }

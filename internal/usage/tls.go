@@ -246,8 +246,9 @@ func (s *servingCerts) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	defer cancel()
 	ca, err := s.ca.load(ctx, now)
 	if err != nil {
-		s.log.Error(err, "usage aggregator: cannot read its CA; serving with the certificate it has")
-		if s.cert != nil && now.Before(s.cert.Leaf.NotAfter) {
+		keep := s.cert != nil && now.Before(s.cert.Leaf.NotAfter)
+		s.log.Error(err, "usage aggregator: cannot read or make its CA", "servingTheCertificateItHas", keep)
+		if keep {
 			return s.cert, nil
 		}
 		return nil, err
