@@ -60,6 +60,9 @@ type Config struct {
 	// UsageAllowUnauthenticated makes the aggregator take batches sent without a
 	// ServiceAccount token (runtimes from before tokens); sent tokens are checked all the same.
 	UsageAllowUnauthenticated bool
+	// UsageAllowPlaintext makes the aggregator take plain-gRPC connections besides TLS ones
+	// (runtimes from before TLS, while they are replaced).
+	UsageAllowPlaintext bool
 
 	// Exposure configures the Ingresses, routes and Certificates of spec.endpoint.
 	Exposure ExposureConfig

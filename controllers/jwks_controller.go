@@ -58,17 +58,27 @@ func (r *JWKSReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: auth.JWKSConfigMapName, Labels: managedLabels()},
 		Data:       map[string]string{auth.JWKSDataKey: string(jwks), auth.IssuerDataKey: r.Issuer},
 	}
-	if ca := r.usageCA(ctx); ca != nil {
+	live := &corev1.ConfigMap{}
+	liveErr := r.Client.Get(ctx, client.ObjectKeyFromObject(cm), live)
+	if client.IgnoreNotFound(liveErr) != nil {
+		return ctrl.Result{}, fmt.Errorf("getting ConfigMap %s/%s: %w", ns, cm.Name, liveErr)
+	}
+	ca, err := r.usageCA(ctx)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if ca == nil && liveErr == nil {
+		// No CA Secret (deleted to rotate it, until an aggregator has made the next): the CA
+		// published stays, so the model pods keep the file they verify the aggregator with.
+		ca = []byte(live.Data[usage.CAConfigMapKey])
+	}
+	if len(ca) > 0 {
 		cm.Data[usage.CAConfigMapKey] = string(ca)
 	}
 	// Every model created in the namespace brings it back: a thousand models, a thousand
 	// applies that change nothing, unless the published ConfigMap is seen to be current.
-	live := &corev1.ConfigMap{}
-	if err := r.Client.Get(ctx, client.ObjectKeyFromObject(cm), live); err == nil &&
-		maps.Equal(live.Data, cm.Data) && len(live.BinaryData) == 0 && equality.Semantic.DeepDerivative(cm.Labels, live.Labels) {
+	if liveErr == nil && maps.Equal(live.Data, cm.Data) && len(live.BinaryData) == 0 && equality.Semantic.DeepDerivative(cm.Labels, live.Labels) {
 		return ctrl.Result{}, nil
-	} else if client.IgnoreNotFound(err) != nil {
-		return ctrl.Result{}, fmt.Errorf("getting ConfigMap %s/%s: %w", ns, cm.Name, err)
 	}
 	return ctrl.Result{}, applyShared(ctx, r.Client, cm)
 }
@@ -87,22 +97,20 @@ func (r *JWKSReconciler) publicKeys(ctx context.Context) ([]byte, error) {
 	return ks.JWKS()
 }
 
-// usageCA is the usage aggregator's CA certificate; nil until an aggregator has made the CA
-// (its Secret's creation brings every namespace back).
-func (r *JWKSReconciler) usageCA(ctx context.Context) []byte {
+// usageCA is the usage aggregator's CA certificate; nil while there is no CA Secret (its
+// creation brings every namespace back). The Secret is read from the cache, which holds it
+// because it carries the managed-by label. A Secret that cannot be read or decoded is an
+// error (retried), never a reason to take the published CA away from the model pods; the
+// aggregators replace an undecodable one.
+func (r *JWKSReconciler) usageCA(ctx context.Context) ([]byte, error) {
 	sec := &corev1.Secret{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: usage.CASecretName}, sec); err != nil {
-		if !apierrors.IsNotFound(err) {
-			log.FromContext(ctx).Error(err, "reading the usage CA Secret; published without its certificate")
+		if apierrors.IsNotFound(err) {
+			return nil, nil
 		}
-		return nil
+		return nil, fmt.Errorf("reading the usage CA Secret: %w", err)
 	}
-	ca, err := usage.CACertificate(sec.Data)
-	if err != nil {
-		log.FromContext(ctx).Error(err, "usage CA Secret unreadable; published without its certificate until an aggregator replaces it")
-		return nil
-	}
-	return ca
+	return usage.CACertificate(sec.Data)
 }
 
 // unpublish removes the JWKS from a namespace with no models left.

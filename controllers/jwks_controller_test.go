@@ -264,4 +264,38 @@ func TestUsageCAPublished(t *testing.T) {
 		t.Error("the aggregator's certificate is valid for a host it does not serve")
 	}
 
+	// Deleted (to rotate it): until an aggregator has made the next CA, a minute later, the
+	// published one stays, so model pods keep a CA file.
+	before := reconciles(t, "jwks")
+	if err := env.Client.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: testConfig.Namespace, Name: usage.CASecretName}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the namespace reconciled after the CA Secret went", func() error {
+		if n := reconciles(t, "jwks"); n <= before {
+			return fmt.Errorf("%v JWKS reconciles, want more than %v", n, before)
+		}
+		return nil
+	})
+	cm := &corev1.ConfigMap{}
+	if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data[usage.CAConfigMapKey] != string(ca) {
+		t.Errorf("published CA after its Secret was deleted: %q, want the last one kept", cm.Data[usage.CAConfigMapKey])
+	}
+}
+
+func TestEndpointHost(t *testing.T) {
+	for addr, want := range map[string]string{
+		"helixflow-usage.helixflow-system.svc:9443":        "helixflow-usage.helixflow-system.svc",
+		"dns:///helixflow-usage.helixflow-system.svc:9443": "helixflow-usage.helixflow-system.svc",
+		"10.0.0.7:9443":   "10.0.0.7",
+		"[fd00::7]:9443":  "fd00::7",
+		"helixflow-usage": "helixflow-usage",
+	} {
+		if got := endpointHost(addr); got != want {
+			t.Errorf("endpointHost(%q) = %q, want %q", addr, got, want)
+		}
+	}
+
 }

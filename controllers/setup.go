@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -97,7 +98,7 @@ func setupAuth(mgr ctrl.Manager, cfg Config) error {
 			usage.WithReporterAuthentication(mgr.GetClient(), cfg.UsageAllowUnauthenticated),
 			// The certificate is for the host the runtimes are told to dial.
 			usage.WithServingTLS(usage.SecretCA{Client: mgr.GetClient(), Reader: mgr.GetAPIReader(), Namespace: cfg.Namespace},
-				[]string{endpointHost(cfg.UsageEndpoint)}, cfg.UsageAllowUnauthenticated),
+				[]string{endpointHost(cfg.UsageEndpoint)}, cfg.UsageAllowPlaintext),
 			usage.WithAggregatorLogger(mgr.GetLogger().WithName("usage")))
 		if err := mgr.Add(agg); err != nil {
 			return fmt.Errorf("adding usage aggregator: %w", err)
@@ -286,8 +287,12 @@ func podBindingChanged() predicate.Predicate {
 	}}
 }
 
-// endpointHost is the host of a host:port address (the address itself when it has no port).
+// endpointHost is the host of the address runtimes are given: host:port, or a gRPC target
+// such as dns:///host:port (the address itself when it has no port).
 func endpointHost(addr string) string {
+	if _, rest, ok := strings.Cut(addr, ":///"); ok {
+		addr = rest
+	}
 	if host, _, err := net.SplitHostPort(addr); err == nil {
 		return host
 	}

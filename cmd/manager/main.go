@@ -72,7 +72,9 @@ func main() {
 	flag.StringVar(&cfg.UsageBindAddress, "usage-bind-address", cfg.UsageBindAddress,
 		"Address the gRPC usage aggregator (runtimes report per-key token usage to it) binds to; 0 disables it. It serves TLS for the host of --usage-endpoint, from a CA kept in the Secret "+usage.CASecretName+".")
 	flag.BoolVar(&cfg.UsageAllowUnauthenticated, "usage-allow-unauthenticated", cfg.UsageAllowUnauthenticated,
-		"Take usage reports sent without a ServiceAccount token, and over plain gRPC instead of TLS, from runtimes older than both, while upgrading them; reports with a token are checked all the same.")
+		"Take usage reports sent without a ServiceAccount token, from runtimes older than tokens, while upgrading them; reports with a token are checked all the same.")
+	flag.BoolVar(&cfg.UsageAllowPlaintext, "usage-allow-plaintext", cfg.UsageAllowPlaintext,
+		"Take plain-gRPC connections to the usage aggregator besides TLS ones, from runtimes older than TLS, while upgrading them; their tokens are checked all the same.")
 	flag.DurationVar(&cfg.TokenTTL, "token-ttl", cfg.TokenTTL, "Lifetime of an issued token when the request does not ask for one.")
 	flag.DurationVar(&cfg.MaxTokenTTL, "max-token-ttl", cfg.MaxTokenTTL, "Longest lifetime a token request may ask for.")
 	flag.StringVar(&cfg.Exposure.DefaultIngressClass, "default-ingress-class", cfg.Exposure.DefaultIngressClass,

@@ -56,7 +56,7 @@
 // into a flood of API requests; a token reviewed before is taken until it expires while the
 // reviews are used up or the API server fails, so they delay only runtimes with new tokens. The
 // manager's --usage-allow-unauthenticated takes batches without a token too, for runtimes
-// older than tokens during an upgrade, and plain-gRPC connections.
+// older than tokens during an upgrade, and --usage-allow-plaintext plain-gRPC connections.
 //
 // The port speaks TLS (WithServingTLS, tls.go): every replica issues itself a serving
 // certificate for the host runtimes dial, from a CA kept in the Secret CASecretName of the

@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -51,8 +52,8 @@ const (
 	// servingValidity is a serving certificate's lifetime; a replica issues itself a new one
 	// after two thirds of it, so a restart is never needed.
 	servingValidity = 30 * 24 * time.Hour
-	// caCheckInterval is how often, at most, a replica reads the CA Secret again while
-	// handshaking, to notice a replaced (or deleted) CA.
+	// caCheckInterval is how often a replica reads the CA Secret again, to notice a replaced
+	// (or deleted) CA, and renews its serving certificate when due.
 	caCheckInterval = time.Minute
 	// clockSkew backdates certificates, for peers whose clocks run a little behind.
 	clockSkew = 5 * time.Minute
@@ -170,25 +171,32 @@ func (ca caKeys) issue(hosts []string, now time.Time) (*tls.Certificate, error) 
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
 
-// SecretCA keeps the CA in the Secret CASecretName of Namespace, creating it when missing:
-// every replica may try at once, one creation wins and the others read it.
+// SecretCA keeps the CA in the Secret CASecretName of Namespace, creating it when missing and
+// replacing it when it cannot be decoded or has less than a serving certificate's lifetime
+// left. Every replica may do so at once: a creation or an update (guarded by the
+// resourceVersion read) wins, the others read the winner's.
 type SecretCA struct {
-	// Client creates the Secret; Reader reads it from the API server (uncached, so a
-	// replica sees the Secret another one just created).
+	// Client writes the Secret; Reader reads it from the API server (uncached, so a
+	// replica sees the Secret another one just wrote).
 	Client    client.Client
 	Reader    client.Reader
 	Namespace string
 }
 
 func (s SecretCA) load(ctx context.Context, now time.Time) (caKeys, error) {
-	for range 2 {
+	for range 3 {
 		sec := &corev1.Secret{}
 		err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: CASecretName}, sec)
-		if err == nil {
-			return decodeCA(sec.Data)
-		}
-		if !apierrors.IsNotFound(err) {
+		exists := err == nil
+		if err != nil && !apierrors.IsNotFound(err) {
 			return caKeys{}, fmt.Errorf("reading usage CA Secret %s: %w", CASecretName, err)
+		}
+		if exists {
+			ca, err := decodeCA(sec.Data)
+			if err == nil && ca.cert.NotAfter.Sub(now) > servingValidity {
+				return ca, nil
+			}
+			// Unreadable, or expiring: replaced below, as if deleted.
 		}
 		ca, err := newCA(now)
 		if err != nil {
@@ -198,81 +206,93 @@ func (s SecretCA) load(ctx context.Context, now time.Time) (caKeys, error) {
 		if err != nil {
 			return caKeys{}, err
 		}
-		sec = &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: CASecretName, Labels: map[string]string{
-				servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue,
-			}},
-			Type: corev1.SecretTypeTLS,
-			Data: data,
+		if !exists {
+			sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: CASecretName}}
 		}
-		if err := s.Client.Create(ctx, sec); err == nil {
+		sec.Labels = map[string]string{servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue}
+		sec.Type, sec.Data = corev1.SecretTypeTLS, data
+		if exists {
+			err = s.Client.Update(ctx, sec)
+		} else {
+			err = s.Client.Create(ctx, sec)
+		}
+		if err == nil {
 			return ca, nil
-		} else if !apierrors.IsAlreadyExists(err) {
-			return caKeys{}, fmt.Errorf("creating usage CA Secret %s: %w", CASecretName, err)
 		}
-		// Another replica made it first: read theirs.
+		if !apierrors.IsAlreadyExists(err) && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+			return caKeys{}, fmt.Errorf("writing usage CA Secret %s: %w", CASecretName, err)
+		}
+		// Another replica wrote it first: read theirs.
 	}
-	return caKeys{}, fmt.Errorf("usage CA Secret %s: created and deleted again while reading it", CASecretName)
+	return caKeys{}, fmt.Errorf("usage CA Secret %s: written by others again and again while this replica read it", CASecretName)
 }
 
 // servingCerts gives the aggregator's TLS handshakes a certificate for hosts, issued from
 // the CA and issued again when it is two thirds through its life or the CA was replaced.
+// Handshakes only read it; keep refreshes it.
 type servingCerts struct {
 	ca    SecretCA
 	hosts []string
 	now   func() time.Time
 	log   logr.Logger
-	// checkEvery is how often the CA is read again (caCheckInterval).
+	// checkEvery is how often keep reads the CA again (caCheckInterval).
 	checkEvery time.Duration
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	caHash  [32]byte // of the CA certificate cert was signed with
-	checked time.Time
+	current atomic.Pointer[tls.Certificate]
+	mu      sync.Mutex // serialises refresh
+	caHash  [32]byte   // of the CA certificate current was signed with
 }
 
-// get is tls.Config.GetCertificate. A CA that cannot be read leaves the current certificate
-// in use (the error is returned only when there is none yet).
+// get is tls.Config.GetCertificate: the current certificate, or a new one when there is none
+// yet or it has expired (keep could not refresh it).
 func (s *servingCerts) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if c := s.current.Load(); c != nil && s.now().Before(c.Leaf.NotAfter) {
+		return c, nil
+	}
+	return s.refresh()
+}
+
+// refresh reads the CA (making it if needed) and issues a new certificate when the current
+// one is two thirds through its life or was signed by another CA. A CA that cannot be read
+// leaves a valid current certificate in use.
+func (s *servingCerts) refresh() (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now := s.now()
-	renew := s.cert == nil || now.After(s.cert.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3))
-	if !renew && now.Sub(s.checked) < s.checkEvery {
-		return s.cert, nil
-	}
-	s.checked = now
+	now, cur := s.now(), s.current.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ca, err := s.ca.load(ctx, now)
 	if err != nil {
-		keep := s.cert != nil && now.Before(s.cert.Leaf.NotAfter)
+		keep := cur != nil && now.Before(cur.Leaf.NotAfter)
 		s.log.Error(err, "usage aggregator: cannot read or make its CA", "servingTheCertificateItHas", keep)
 		if keep {
-			return s.cert, nil
+			return cur, nil
 		}
 		return nil, err
 	}
-	if h := sha256.Sum256(ca.cert.Raw); renew || h != s.caHash {
-		cert, err := ca.issue(s.hosts, now)
-		if err != nil {
-			return nil, err
-		}
-		s.cert, s.caHash = cert, h
-		s.log.Info("usage aggregator: serving certificate issued", "hosts", s.hosts, "notAfter", cert.Leaf.NotAfter)
+	h := sha256.Sum256(ca.cert.Raw)
+	if cur != nil && h == s.caHash && now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) {
+		return cur, nil
 	}
-	return s.cert, nil
+	cert, err := ca.issue(s.hosts, now)
+	if err != nil {
+		return nil, err
+	}
+	s.caHash = h
+	s.current.Store(cert)
+	s.log.Info("usage aggregator: serving certificate issued", "hosts", s.hosts, "notAfter", cert.Leaf.NotAfter)
+	return cert, nil
 }
 
-// keep issues the first certificate, making the CA if there is none, then checks the CA
-// every checkEvery until ctx ends. Runtimes cannot connect before the manager has made
-// and published the CA, and a deleted CA Secret (to rotate it) must come back without a
+// keep issues the first certificate, making the CA if there is none, then refreshes it
+// every checkEvery until ctx ends. Runtimes cannot connect before the manager has made and
+// published the CA, and a deleted CA Secret (to rotate it) must come back without a
 // handshake to bring it: the runtimes would have no CA to handshake with.
 func (s *servingCerts) keep(ctx context.Context) {
 	const retry = 5 * time.Second
 	for {
 		wait := s.checkEvery
-		if _, err := s.get(nil); err != nil {
+		if _, err := s.refresh(); err != nil {
 			wait = retry
 		}
 		select {
@@ -325,8 +345,9 @@ type peekedConn struct {
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // WithServingTLS serves TLS with a certificate for hosts (the host of the address the
-// runtimes are given), issued from the CA kept in a Secret by ca. With allowPlaintext,
-// plain-gRPC connections are taken too (runtimes that predate TLS, during an upgrade).
+// runtimes are given), issued from the CA kept in a Secret by ca. With allowPlaintext
+// (--usage-allow-plaintext), plain-gRPC connections are taken too (runtimes that predate
+// TLS, during an upgrade).
 func WithServingTLS(ca SecretCA, hosts []string, allowPlaintext bool) AggregatorOption {
 	return func(a *Aggregator) {
 		certs := &servingCerts{ca: ca, hosts: hosts, checkEvery: caCheckInterval}
@@ -337,7 +358,7 @@ func WithServingTLS(ca SecretCA, hosts []string, allowPlaintext bool) Aggregator
 		every := &rate.Sometimes{Interval: time.Minute}
 		refused := func(remote net.Addr) {
 			every.Do(func() {
-				a.log.Info("usage aggregator: refused a plain-gRPC connection; runtimes must connect with TLS (runtime serve --usage-ca-file), or run the manager with --usage-allow-unauthenticated while upgrading older ones",
+				a.log.Info("usage aggregator: refused a plain-gRPC connection; runtimes must connect with TLS (runtime serve --usage-ca-file), or run the manager with --usage-allow-plaintext while upgrading older ones",
 					"remote", remote.String())
 			})
 		}

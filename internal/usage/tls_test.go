@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,8 +118,8 @@ func TestAggregatorServesTLS(t *testing.T) {
 	} {
 		r := startReporter(t, addr, opt, WithBackoff(2*time.Second, 4*time.Second))
 		record(r, key, 100, 100)
-		if err := flushWithin(r, time.Second); err == nil {
-			t.Errorf("%s: flushed, want the handshake refused", name)
+		if err := flushWithin(r, time.Second); err == nil || !strings.Contains(err.Error(), "handshake failed") {
+			t.Errorf("%s: flush %v, want the TLS handshake failed", name, err)
 		}
 		if s := r.Stats(); !s.Unacknowledged {
 			t.Errorf("%s: %+v, want the batch kept", name, s)
@@ -190,9 +191,10 @@ func TestReplicasShareTheCA(t *testing.T) {
 	}
 }
 
-// A replica issues itself a serving certificate for its hosts, keeps it while it is fresh,
-// issues a new one two thirds through its life or when the CA Secret was replaced, and keeps
-// serving with the one it has while the Secret cannot be read.
+// A replica issues itself a serving certificate for its hosts at its first handshake (or
+// refresh), keeps it while it is fresh, issues a new one two thirds through its life or when
+// the CA Secret was replaced, and keeps serving with the one it has while the Secret cannot be
+// read. Handshakes do not read the Secret.
 func TestServingCertificates(t *testing.T) {
 	e := startEnv(t)
 	caNS := newNamespace(t)
@@ -202,23 +204,38 @@ func TestServingCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reader := interceptor.NewClient(direct, interceptor.Funcs{
-		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			mu.Lock()
-			fail := failReads
-			mu.Unlock()
-			if fail {
-				return errors.New("the API server is away")
-			}
-			return c.Get(ctx, key, obj, opts...)
-		},
-	})
+	readThrough := func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+		mu.Lock()
+		fail := failReads
+		mu.Unlock()
+		if fail {
+			return errors.New("the API server is away")
+		}
+		return c.Get(ctx, key, obj, opts...)
+	}
+	var reader client.Client
 	clock := newFakeClock(time.Now())
 	certs := &servingCerts{ca: SecretCA{Client: e.Client, Reader: reader, Namespace: caNS},
 		hosts: []string{"usage.test.svc", "127.0.0.1"}, now: clock.Now, checkEvery: caCheckInterval}
+	var reads atomic.Int32
+	reader = interceptor.NewClient(direct, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			reads.Add(1)
+			return readThrough(ctx, c, key, obj, opts...)
+		},
+	})
+	certs.ca.Reader = reader
 	get := func() *tls.Certificate {
 		t.Helper()
 		c, err := certs.get(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	refresh := func() *tls.Certificate {
+		t.Helper()
+		c, err := certs.refresh()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -249,14 +266,23 @@ func TestServingCertificates(t *testing.T) {
 	if err := verify(first, "other.test.svc"); err == nil {
 		t.Error("serving certificate valid for a host it was not issued for")
 	}
-	clock.add(2 * caCheckInterval)
-	if get() != first {
+	before := reads.Load()
+	for range 3 {
+		if get() != first {
+			t.Error("a handshake got another certificate")
+		}
+	}
+	if n := reads.Load() - before; n != 0 {
+		t.Errorf("handshakes read the CA Secret %d times, want none (the refresh loop does)", n)
+	}
+	clock.add(caCheckInterval)
+	if refresh() != first {
 		t.Error("a fresh certificate was replaced although the CA is the same")
 	}
 
 	clock.add(2*servingValidity/3 + time.Minute)
-	renewed := get()
-	if renewed == first {
+	renewed := refresh()
+	if renewed == first || get() != renewed {
 		t.Fatal("the certificate was not renewed two thirds through its life")
 	}
 
@@ -265,8 +291,8 @@ func TestServingCertificates(t *testing.T) {
 	if err := e.Client.Delete(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}}); err != nil {
 		t.Fatal(err)
 	}
-	clock.add(2 * caCheckInterval)
-	rotated := get()
+	clock.add(caCheckInterval)
+	rotated := refresh()
 	if rotated == renewed {
 		t.Fatal("the certificate was not reissued from the new CA")
 	}
@@ -278,8 +304,8 @@ func TestServingCertificates(t *testing.T) {
 	mu.Lock()
 	failReads = true
 	mu.Unlock()
-	clock.add(2 * caCheckInterval)
-	if get() != rotated {
+	clock.add(caCheckInterval)
+	if refresh() != rotated || get() != rotated {
 		t.Error("the certificate changed while the CA could not be read")
 	}
 	clock.add(servingValidity)
@@ -314,4 +340,47 @@ func TestDeletedCAComesBack(t *testing.T) {
 		pem, err := CACertificate(sec.Data)
 		return err == nil && string(pem) != string(old)
 	})
+}
+
+// A CA Secret that cannot be decoded, or whose CA has less than a serving certificate's
+// lifetime left, is replaced (by an update guarded by its resourceVersion).
+func TestUnusableCAReplaced(t *testing.T) {
+	e := startEnv(t)
+	caNS := newNamespace(t)
+	src := SecretCA{Client: e.Client, Reader: e.Client, Namespace: caNS}
+	expiring, err := newCA(time.Now().Add(-caValidity + servingValidity/2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	expiringData, err := expiring.secretData()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]map[string][]byte{
+		"undecodable": {corev1.TLSCertKey: []byte("not PEM"), corev1.TLSPrivateKeyKey: []byte("not PEM")},
+		"expiring":    expiringData,
+	} {
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}, Type: corev1.SecretTypeTLS, Data: data}
+		_ = e.Client.Delete(t.Context(), sec)
+		waitFor(t, "the old Secret gone", func() bool {
+			return e.Client.Get(t.Context(), client.ObjectKeyFromObject(sec), &corev1.Secret{}) != nil
+		})
+		if err := e.Client.Create(t.Context(), sec); err != nil {
+			t.Fatal(err)
+		}
+		ca, err := src.load(t.Context(), time.Now())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if ca.cert.NotAfter.Before(time.Now().Add(caValidity - time.Hour)) {
+			t.Errorf("%s: CA valid until %v, want a new ten-year CA", name, ca.cert.NotAfter)
+		}
+		got := &corev1.Secret{}
+		if err := e.Client.Get(t.Context(), client.ObjectKeyFromObject(sec), got); err != nil {
+			t.Fatal(err)
+		}
+		if stored, err := decodeCA(got.Data); err != nil || !stored.cert.Equal(ca.cert) {
+			t.Errorf("%s: the Secret holds %v (%v), want the new CA", name, stored.cert, err)
+		}
+	}
 }
