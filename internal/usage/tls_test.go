@@ -142,7 +142,7 @@ func TestAggregatorServesTLS(t *testing.T) {
 	checkUsage(t, map[types.NamespacedName]counts{key: {10, 2}})
 }
 
-// During an upgrade (allowPlaintext, with --usage-allow-unauthenticated) runtimes from before
+// During an upgrade (allowPlaintext: --usage-allow-plaintext) runtimes from before
 // TLS report over plain gRPC beside those that verify the aggregator.
 func TestPlaintextAllowedDuringUpgrade(t *testing.T) {
 	ns := newNamespace(t)
