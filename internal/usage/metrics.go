@@ -42,6 +42,14 @@ var (
 		Name: "helixflow_usage_token_reviews_limited_total",
 		Help: "Usage batches answered UNAVAILABLE because the TokenReviews for tokens not seen in the last minute were used up; the runtimes resend. Steady growth means something sends many tokens that are not valid.",
 	})
+	plaintextRefusedTotal = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "helixflow_usage_plaintext_connections_refused_total",
+		Help: "Connections to the usage aggregator refused because they did not start a TLS handshake: runtimes older than TLS (run the manager with --usage-allow-plaintext while they are replaced), or something else at the port.",
+	})
+	servingCertExpiry = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "helixflow_usage_serving_certificate_expiration_timestamp_seconds",
+		Help: "When this replica's usage aggregator serving certificate expires (Unix time); it renews it after two thirds of its life, so an alert on less than a week left means renewal is failing (see the manager's log).",
+	})
 
 	registerOnce sync.Once
 )
@@ -50,6 +58,7 @@ var (
 // runtimes import this package for the Reporter and must not get manager metrics.
 func registerMetrics() {
 	registerOnce.Do(func() {
-		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal, confirmsLimitedTotal, reviewsLimitedTotal)
+		metrics.Registry.MustRegister(reportsTotal, entriesTotal, writeConflictsTotal, confirmsLimitedTotal, reviewsLimitedTotal,
+			plaintextRefusedTotal, servingCertExpiry)
 	})
 }

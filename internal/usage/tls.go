@@ -280,6 +280,7 @@ func (s *servingCerts) refresh() (*tls.Certificate, error) {
 	}
 	s.caHash = h
 	s.current.Store(cert)
+	servingCertExpiry.Set(float64(cert.Leaf.NotAfter.Unix()))
 	s.log.Info("usage aggregator: serving certificate issued", "hosts", s.hosts, "notAfter", cert.Leaf.NotAfter)
 	return cert, nil
 }
@@ -326,6 +327,7 @@ func (c serverCredentials) ServerHandshake(conn net.Conn) (net.Conn, credentials
 		return c.TransportCredentials.ServerHandshake(pc)
 	}
 	if !c.allowPlaintext {
+		plaintextRefusedTotal.Inc()
 		c.refused(conn.RemoteAddr())
 		return nil, nil, errPlaintext
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	corev1 "k8s.io/api/core/v1"
@@ -96,6 +97,7 @@ func TestAggregatorServesTLS(t *testing.T) {
 	}
 
 	// A plain-gRPC runtime is cut off at its first byte.
+	refused := testutil.ToFloat64(plaintextRefusedTotal)
 	plain := startReporter(t, addr, WithBackoff(2*time.Second, 4*time.Second))
 	record(plain, key, 100, 100)
 	if err := flushWithin(plain, time.Second); err == nil {
@@ -104,6 +106,9 @@ func TestAggregatorServesTLS(t *testing.T) {
 	checkUsage(t, map[types.NamespacedName]counts{key: {0, 0}})
 	if !strings.Contains(logs.String(), "refused a plain-gRPC connection") {
 		t.Errorf("nothing logged of the plain connection refused; logs:\n%s", &logs)
+	}
+	if testutil.ToFloat64(plaintextRefusedTotal) <= refused {
+		t.Error("helixflow_usage_plaintext_connections_refused_total did not count the plain connection")
 	}
 	ca := caFile(t, caNS)
 
@@ -284,6 +289,9 @@ func TestServingCertificates(t *testing.T) {
 	renewed := refresh()
 	if renewed == first || get() != renewed {
 		t.Fatal("the certificate was not renewed two thirds through its life")
+	}
+	if got, want := testutil.ToFloat64(servingCertExpiry), float64(renewed.Leaf.NotAfter.Unix()); got != want {
+		t.Errorf("helixflow_usage_serving_certificate_expiration_timestamp_seconds = %v, want %v (the renewed certificate's)", got, want)
 	}
 
 	// The CA Secret is deleted (to rotate the CA): the next check makes a new CA and a
