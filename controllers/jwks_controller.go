@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -63,24 +64,28 @@ func (r *JWKSReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if client.IgnoreNotFound(liveErr) != nil {
 		return ctrl.Result{}, fmt.Errorf("getting ConfigMap %s/%s: %w", ns, cm.Name, liveErr)
 	}
-	ca, err := r.usageCA(ctx)
+	var published []byte
+	if liveErr == nil {
+		published = []byte(live.Data[usage.CAConfigMapKey])
+	}
+	bundle, next, err := r.usageCA(ctx, published)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	if ca == nil && liveErr == nil {
-		// No CA Secret (deleted to rotate it, until an aggregator has made the next): the CA
-		// published stays, so the model pods keep the file they verify the aggregator with.
-		ca = []byte(live.Data[usage.CAConfigMapKey])
+	if len(bundle) > 0 {
+		cm.Data[usage.CAConfigMapKey] = string(bundle)
 	}
-	if len(ca) > 0 {
-		cm.Data[usage.CAConfigMapKey] = string(ca)
+	var res ctrl.Result
+	if !next.IsZero() {
+		// The previous CA leaves the bundle then.
+		res.RequeueAfter = max(time.Until(next), 0) + time.Second
 	}
 	// Every model created in the namespace brings it back: a thousand models, a thousand
 	// applies that change nothing, unless the published ConfigMap is seen to be current.
 	if liveErr == nil && maps.Equal(live.Data, cm.Data) && len(live.BinaryData) == 0 && equality.Semantic.DeepDerivative(cm.Labels, live.Labels) {
-		return ctrl.Result{}, nil
+		return res, nil
 	}
-	return ctrl.Result{}, applyShared(ctx, r.Client, cm)
+	return res, applyShared(ctx, r.Client, cm)
 }
 
 // publicKeys renders the JWKS from the signing-key Secret; nil when there are no keys yet.
@@ -97,20 +102,28 @@ func (r *JWKSReconciler) publicKeys(ctx context.Context) ([]byte, error) {
 	return ks.JWKS()
 }
 
-// usageCA is the usage aggregator's CA certificate; nil while there is no CA Secret (its
-// creation brings every namespace back). The Secret is read from the cache, which holds it
-// because it carries the managed-by label. A Secret that cannot be read or decoded is an
-// error (retried), never a reason to take the published CA away from the model pods; the
-// aggregators replace an undecodable one.
-func (r *JWKSReconciler) usageCA(ctx context.Context) ([]byte, error) {
+// usageCA is the usage aggregator's CA bundle to publish, given the one published: the CA's
+// certificate, with the previous CA's while they overlap (usage.PublishedCA; next is when
+// that ends). While there is no CA Secret (none made yet, or deleted to rotate it, until an
+// aggregator has made the next) the published bundle stays, so the model pods keep the file
+// they verify the aggregator with; the Secret's creation brings every namespace back. The
+// Secret is read from the cache, which holds it because it carries the managed-by label. A
+// Secret that cannot be read or decoded is an error (retried), never a reason to take the
+// published CA away; the aggregators replace an undecodable one.
+func (r *JWKSReconciler) usageCA(ctx context.Context, published []byte) (bundle []byte, next time.Time, err error) {
 	sec := &corev1.Secret{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: usage.CASecretName}, sec); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, nil
+			return published, time.Time{}, nil
 		}
-		return nil, fmt.Errorf("reading the usage CA Secret: %w", err)
+		return nil, time.Time{}, fmt.Errorf("reading the usage CA Secret: %w", err)
 	}
-	return usage.CACertificate(sec.Data)
+	current, made, err := usage.CACertificate(sec.Data)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	bundle, next = usage.PublishedCA(current, made, published, time.Now())
+	return bundle, next, nil
 }
 
 // unpublish removes the JWKS from a namespace with no models left.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -232,7 +233,7 @@ func TestUsageCAPublished(t *testing.T) {
 		if err := get(sec, testConfig.Namespace, usage.CASecretName); err != nil {
 			return nil, err
 		}
-		want, err := usage.CACertificate(sec.Data)
+		want, _, err := usage.CACertificate(sec.Data)
 		if err != nil {
 			return nil, err
 		}
@@ -283,6 +284,23 @@ func TestUsageCAPublished(t *testing.T) {
 	if cm.Data[usage.CAConfigMapKey] != string(ca) {
 		t.Errorf("published CA after its Secret was deleted: %q, want the last one kept", cm.Data[usage.CAConfigMapKey])
 	}
+
+	// The next CA (made here as an aggregator would at its next check): published beside the
+	// previous one, which the replicas keep serving certificates from for a few minutes more.
+	next, err := usage.SecretCA{Client: env.Client, Reader: env.Client, Namespace: testConfig.Namespace}.Ensure(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new CA published beside the old", func() error {
+		cm := &corev1.ConfigMap{}
+		if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
+			return err
+		}
+		if b := cm.Data[usage.CAConfigMapKey]; !strings.Contains(b, string(ca)) || !strings.Contains(b, string(next)) {
+			return fmt.Errorf("published %q, want the old and the new CA", b)
+		}
+		return nil
+	})
 }
 
 func TestEndpointHost(t *testing.T) {

@@ -57,6 +57,13 @@ const (
 	caCheckInterval = time.Minute
 	// clockSkew backdates certificates, for peers whose clocks run a little behind.
 	clockSkew = 5 * time.Minute
+	// CAActivationDelay is how long after a new CA is made the replicas keep serving the
+	// certificate they have from the previous one: long enough for the kubelet to update the
+	// runtimes' CA files with both (CAOverlap), so no connection fails while the CA changes.
+	CAActivationDelay = 5 * time.Minute
+	// CAOverlap is how long after a new CA is made the previous one stays published beside it:
+	// past the activation delay and the replicas' next check, then the old CA is trusted no more.
+	CAOverlap = 10 * time.Minute
 )
 
 // tlsRecordHandshake is the first byte of every TLS connection (a handshake record).
@@ -130,9 +137,48 @@ func decodeCA(data map[string][]byte) (caKeys, error) {
 }
 
 // CACertificate is the CA certificate (PEM) in the data of the CA Secret, for publishing to
-// the runtimes; it fails on anything decodeCA would not take.
-func CACertificate(data map[string][]byte) ([]byte, error) {
+// the runtimes, and when the CA was made; it fails on anything decodeCA would not take.
+func CACertificate(data map[string][]byte) (pem []byte, made time.Time, err error) {
 	ca, err := decodeCA(data)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return ca.certPEM, ca.made(), nil
+}
+
+// made is when the CA was made (its NotBefore is backdated by clockSkew).
+func (ca caKeys) made() time.Time { return ca.cert.NotBefore.Add(clockSkew) }
+
+// PublishedCA is the bundle (PEM) to publish for the runtimes: the current CA, and, for
+// CAOverlap after it was made, the certificates of the bundle published before (previous),
+// so runtimes trust the serving certificates of both while the replicas change over. After
+// the overlap only the current CA is left. next is when the bundle changes by itself
+// (zero: never).
+func PublishedCA(current []byte, made time.Time, previous []byte, now time.Time) (bundle []byte, next time.Time) {
+	current = bytes.TrimSpace(current)
+	end := made.Add(CAOverlap)
+	if !now.Before(end) {
+		return append(current, '\n'), time.Time{}
+	}
+	out := append(append([]byte(nil), current...), '\n')
+	for rest := previous; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		b := pem.EncodeToMemory(block)
+		if block.Type == "CERTIFICATE" && !bytes.Contains(out, b) {
+			out = append(out, b...)
+		}
+	}
+	return out, end
+}
+
+// Ensure makes the CA if there is none (as the first replica does) and returns its
+// certificate (PEM).
+func (s SecretCA) Ensure(ctx context.Context) ([]byte, error) {
+	ca, err := s.load(ctx, time.Now())
 	return ca.certPEM, err
 }
 
@@ -271,7 +317,9 @@ func (s *servingCerts) refresh() (*tls.Certificate, error) {
 		return nil, err
 	}
 	h := sha256.Sum256(ca.cert.Raw)
-	if cur != nil && h == s.caHash && now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) {
+	if cur != nil && now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) &&
+		(h == s.caHash || now.Before(ca.made().Add(CAActivationDelay))) {
+		// Fresh, from this CA, or from the previous one while runtimes learn the new one.
 		return cur, nil
 	}
 	cert, err := ca.issue(s.hosts, now)

@@ -48,7 +48,7 @@ func caFile(t *testing.T, caNS string) string {
 	waitFor(t, "the aggregator's CA Secret", func() bool {
 		return startEnv(t).Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec) == nil
 	})
-	pem, err := CACertificate(sec.Data)
+	pem, _, err := CACertificate(sec.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestServingCertificates(t *testing.T) {
 		if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec); err != nil {
 			t.Fatal(err)
 		}
-		pem, err := CACertificate(sec.Data)
+		pem, _, err := CACertificate(sec.Data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -294,15 +294,20 @@ func TestServingCertificates(t *testing.T) {
 		t.Errorf("helixflow_usage_serving_certificate_expiration_timestamp_seconds = %v, want %v (the renewed certificate's)", got, want)
 	}
 
-	// The CA Secret is deleted (to rotate the CA): the next check makes a new CA and a
-	// certificate from it.
+	// The CA Secret is deleted (to rotate the CA): the next check makes a new CA, but the
+	// certificate from the old one is served for CAActivationDelay more, while the runtimes
+	// learn the new CA; then one from the new CA.
 	if err := e.Client.Delete(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}}); err != nil {
 		t.Fatal(err)
 	}
 	clock.add(caCheckInterval)
+	if refresh() != renewed {
+		t.Error("the certificate changed as soon as a new CA was made, before runtimes could know it")
+	}
+	clock.add(CAActivationDelay)
 	rotated := refresh()
 	if rotated == renewed {
-		t.Fatal("the certificate was not reissued from the new CA")
+		t.Fatal("the certificate was not reissued from the new CA after the activation delay")
 	}
 	if err := verify(rotated, "usage.test.svc"); err != nil {
 		t.Errorf("certificate after the CA was replaced: %v", err)
@@ -345,7 +350,7 @@ func TestDeletedCAComesBack(t *testing.T) {
 		if e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec) != nil {
 			return false
 		}
-		pem, err := CACertificate(sec.Data)
+		pem, _, err := CACertificate(sec.Data)
 		return err == nil && string(pem) != string(old)
 	})
 }
@@ -390,5 +395,50 @@ func TestUnusableCAReplaced(t *testing.T) {
 		if stored, err := decodeCA(got.Data); err != nil || !stored.cert.Equal(ca.cert) {
 			t.Errorf("%s: the Secret holds %v (%v), want the new CA", name, stored.cert, err)
 		}
+	}
+}
+
+// While a new CA and the previous one overlap, both are published; then the new one alone.
+func TestPublishedCA(t *testing.T) {
+	now := time.Now()
+	oldCA, err := newCA(now.Add(-48 * time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer, err := newCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := func(bundle []byte) (n int, hasOld, hasNew bool) {
+		pool := string(bundle)
+		return strings.Count(pool, "BEGIN CERTIFICATE"), strings.Contains(pool, string(oldCA.certPEM)), strings.Contains(pool, string(newer.certPEM))
+	}
+
+	// First publication: the CA alone.
+	bundle, _ := PublishedCA(oldCA.certPEM, oldCA.made(), nil, now)
+	if n, hasOld, _ := certs(bundle); n != 1 || !hasOld {
+		t.Errorf("first bundle has %d certificates (old CA in it: %v), want the CA alone", n, hasOld)
+	}
+	// Its own bundle again: unchanged, and nothing to wait for.
+	again, next := PublishedCA(oldCA.certPEM, oldCA.made(), bundle, now)
+	if string(again) != string(bundle) || !next.IsZero() {
+		t.Errorf("republished bundle changed (%v) or waits for %v", string(again) != string(bundle), next)
+	}
+
+	// A new CA: both, until CAOverlap after it was made.
+	during, next := PublishedCA(newer.certPEM, newer.made(), bundle, now.Add(time.Minute))
+	if n, hasOld, hasNew := certs(during); n != 2 || !hasOld || !hasNew {
+		t.Errorf("bundle during the overlap: %d certificates (old %v, new %v), want both", n, hasOld, hasNew)
+	}
+	if want := newer.made().Add(CAOverlap); !next.Equal(want) {
+		t.Errorf("overlap ends %v, want %v", next, want)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(during) {
+		t.Error("the bundle does not parse as PEM certificates")
+	}
+	after, next := PublishedCA(newer.certPEM, newer.made(), during, newer.made().Add(CAOverlap))
+	if n, hasOld, hasNew := certs(after); n != 1 || hasOld || !hasNew || !next.IsZero() {
+		t.Errorf("bundle after the overlap: %d certificates (old %v, new %v), next %v; want the new CA alone", n, hasOld, hasNew, next)
 	}
 }
