@@ -85,7 +85,10 @@ func (r *JWKSReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if liveErr == nil && maps.Equal(live.Data, cm.Data) && len(live.BinaryData) == 0 && equality.Semantic.DeepDerivative(cm.Labels, live.Labels) {
 		return res, nil
 	}
-	return res, applyShared(ctx, r.Client, cm)
+	if err := applyShared(ctx, r.Client, cm); err != nil {
+		return ctrl.Result{}, err
+	}
+	return res, nil
 }
 
 // publicKeys renders the JWKS from the signing-key Secret; nil when there are no keys yet.
@@ -102,14 +105,14 @@ func (r *JWKSReconciler) publicKeys(ctx context.Context) ([]byte, error) {
 	return ks.JWKS()
 }
 
-// usageCA is the usage aggregator's CA bundle to publish, given the one published: the CA's
-// certificate, with the previous CA's while they overlap (usage.PublishedCA; next is when
-// that ends). While there is no CA Secret (none made yet, or deleted to rotate it, until an
+// usageCA is the usage aggregator's CA bundle to publish, given the one published: the
+// current CA's certificate, with the previous CA's for usage.CAOverlap after a rotation
+// (next is when that ends). While there is no CA Secret (none made yet, or deleted, until an
 // aggregator has made the next) the published bundle stays, so the model pods keep the file
-// they verify the aggregator with; the Secret's creation brings every namespace back. The
-// Secret is read from the cache, which holds it because it carries the managed-by label. A
-// Secret that cannot be read or decoded is an error (retried), never a reason to take the
-// published CA away; the aggregators replace an undecodable one.
+// they verify the aggregator with; the Secret's creation brings every namespace back. A
+// Secret that cannot be decoded is logged and leaves the published bundle too (the
+// aggregators replace it), and does not hold up the JWKS. The Secret is read from the
+// cache, which holds it because it carries the managed-by label.
 func (r *JWKSReconciler) usageCA(ctx context.Context, published []byte) (bundle []byte, next time.Time, err error) {
 	sec := &corev1.Secret{}
 	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: r.Namespace, Name: usage.CASecretName}, sec); err != nil {
@@ -118,11 +121,11 @@ func (r *JWKSReconciler) usageCA(ctx context.Context, published []byte) (bundle 
 		}
 		return nil, time.Time{}, fmt.Errorf("reading the usage CA Secret: %w", err)
 	}
-	current, made, err := usage.CACertificate(sec.Data)
+	bundle, next, err = usage.PublishedCA(sec.Data, time.Now())
 	if err != nil {
-		return nil, time.Time{}, err
+		log.FromContext(ctx).Error(err, "usage CA Secret unreadable; the published CA stays until an aggregator replaces it")
+		return published, time.Time{}, nil
 	}
-	bundle, next = usage.PublishedCA(current, made, published, time.Now())
 	return bundle, next, nil
 }
 

@@ -233,12 +233,12 @@ func TestUsageCAPublished(t *testing.T) {
 		if err := get(sec, testConfig.Namespace, usage.CASecretName); err != nil {
 			return nil, err
 		}
-		want, _, err := usage.CACertificate(sec.Data)
+		want, _, err := usage.PublishedCA(sec.Data, time.Now())
 		if err != nil {
 			return nil, err
 		}
 		if got := cm.Data[usage.CAConfigMapKey]; got != string(want) {
-			return nil, fmt.Errorf("published CA %q, want the certificate of the CA Secret", got)
+			return nil, fmt.Errorf("published CA %q, want %q, from the CA Secret", got, want)
 		}
 		return want, nil
 	}
@@ -285,21 +285,44 @@ func TestUsageCAPublished(t *testing.T) {
 		t.Errorf("published CA after its Secret was deleted: %q, want the last one kept", cm.Data[usage.CAConfigMapKey])
 	}
 
-	// The next CA (made here as an aggregator would at its next check): published beside the
-	// previous one, which the replicas keep serving certificates from for a few minutes more.
-	next, err := usage.SecretCA{Client: env.Client, Reader: env.Client, Namespace: testConfig.Namespace}.Ensure(ctx)
+	// The next CA, made here as an aggregator would at its next check: a deleted CA (say,
+	// compromised) is trusted no more once the next one is published.
+	src := usage.SecretCA{Client: env.Client, Reader: env.Client, Namespace: testConfig.Namespace}
+	reset, err := src.Ensure(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the new CA published beside the old", func() error {
-		cm := &corev1.ConfigMap{}
-		if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
-			return err
+	eventually(t, "the new CA published instead of the deleted one", func() error {
+		got, err := published()
+		if err == nil && string(got) != string(reset) {
+			return fmt.Errorf("published %q, want the new CA alone", got)
 		}
-		if b := cm.Data[usage.CAConfigMapKey]; !strings.Contains(b, string(ca)) || !strings.Contains(b, string(next)) {
-			return fmt.Errorf("published %q, want the old and the new CA", b)
+		return err
+	})
+
+	// A rotation (the annotation on the Secret): the new CA is published beside the previous,
+	// which the replicas keep serving certificates from for a few minutes more.
+	sec := &corev1.Secret{}
+	if err := get(sec, testConfig.Namespace, usage.CASecretName); err != nil {
+		t.Fatal(err)
+	}
+	sec.Annotations = map[string]string{usage.CARotateAnnotation: "now"}
+	if err := env.Client.Update(ctx, sec); err != nil {
+		t.Fatal(err)
+	}
+	both, err := src.Ensure(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(both), string(reset)) || strings.Count(string(both), "BEGIN CERTIFICATE") != 2 {
+		t.Fatalf("bundle after the rotation: %q, want the new CA and %q", both, reset)
+	}
+	eventually(t, "the new CA published beside the previous", func() error {
+		got, err := published()
+		if err == nil && string(got) != string(both) {
+			return fmt.Errorf("published %q, want both CAs", got)
 		}
-		return nil
+		return err
 	})
 }
 

@@ -61,9 +61,9 @@
 // The port speaks TLS (WithServingTLS, tls.go): every replica issues itself a serving
 // certificate for the host runtimes dial, from a CA kept in the Secret CASecretName of the
 // manager's namespace (made by the first replica that finds none, and again when it is
-// deleted, which is how it is rotated: replicas keep their certificate from the old CA for
-// CAActivationDelay, while the old CA stays published beside the new for CAOverlap, so no
-// connection fails). The manager publishes the CA's certificate
+// deleted; rotated on CARotateAnnotation or near its expiry, keeping the old CA as the
+// previous: replicas issue from it for CAActivationDelay, and it stays published beside the
+// new one for CAOverlap, so no connection fails). The manager publishes the CA's certificate
 // (CAConfigMapKey, in each model namespace's JWKS ConfigMap); model pods mount it and
 // runtimes verify the aggregator with it (WithServerCA, runtime serve --usage-ca-file), so a
 // token cannot be read off the network. The

@@ -14,16 +14,17 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/go-logr/logr"
@@ -38,16 +39,21 @@ import (
 const (
 	// CASecretName is the Secret, in the manager's namespace, that holds the CA the
 	// aggregator's serving certificates are signed with (a kubernetes.io/tls Secret: tls.crt
-	// and tls.key). Every replica creates it when it is missing; its private key never leaves
-	// that namespace.
+	// and tls.key, and the CA it replaced in previous.crt and previous.key). Every replica
+	// creates it when it is missing; its private keys never leave that namespace.
 	CASecretName = "helixflow-usage-ca"
+	// CARotateAnnotation on the CA Secret asks for a new CA: the next replica to check makes
+	// one, keeps the current one as the previous, and removes the annotation.
+	CARotateAnnotation = "serving.helixflow.io/rotate"
+	previousCertKey    = "previous.crt"
+	previousKeyKey     = "previous.key"
 	// CAConfigMapKey is the key, in the ConfigMap the manager publishes in every namespace
 	// with a model (auth.JWKSConfigMapName), that holds the CA's certificate: what runtimes
 	// verify the aggregator with.
 	CAConfigMapKey = "usage-ca.crt"
 
-	// caValidity is the CA's lifetime. It is not rotated: deleting the Secret makes a new one
-	// (see docs/runtime.md).
+	// caValidity is the CA's lifetime; it is replaced, as by CARotateAnnotation, when less
+	// than a serving certificate's lifetime is left.
 	caValidity = 10 * 365 * 24 * time.Hour
 	// servingValidity is a serving certificate's lifetime; a replica issues itself a new one
 	// after two thirds of it, so a restart is never needed.
@@ -57,13 +63,15 @@ const (
 	caCheckInterval = time.Minute
 	// clockSkew backdates certificates, for peers whose clocks run a little behind.
 	clockSkew = 5 * time.Minute
-	// CAActivationDelay is how long after a new CA is made the replicas keep serving the
-	// certificate they have from the previous one: long enough for the kubelet to update the
-	// runtimes' CA files with both (CAOverlap), so no connection fails while the CA changes.
-	CAActivationDelay = 5 * time.Minute
-	// CAOverlap is how long after a new CA is made the previous one stays published beside it:
-	// past the activation delay and the replicas' next check, then the old CA is trusted no more.
-	CAOverlap = 10 * time.Minute
+	// CAActivationDelay is how long after a CA replaces another (rotation) the replicas still
+	// issue their serving certificates from the previous one: long enough for the manager to
+	// publish both and the kubelet to update the runtimes' CA files, so no connection fails
+	// while the CA changes.
+	CAActivationDelay = 10 * time.Minute
+	// CAOverlap is how long after a rotation the previous CA stays published beside the new
+	// one: well past the activation delay and the replicas' next check; then the previous CA
+	// is trusted no more.
+	CAOverlap = 30 * time.Minute
 )
 
 // tlsRecordHandshake is the first byte of every TLS connection (a handshake record).
@@ -111,75 +119,108 @@ func randomSerial() *big.Int {
 	return n
 }
 
-// secretData is the CA as the data of a kubernetes.io/tls Secret.
-func (ca caKeys) secretData() (map[string][]byte, error) {
+// secretData is the CA as Secret data under the keys certKey and keyKey.
+func (ca caKeys) secretData(certKey, keyKey string) (map[string][]byte, error) {
 	der, err := x509.MarshalECPrivateKey(ca.key)
 	if err != nil {
 		return nil, err
 	}
 	return map[string][]byte{
-		corev1.TLSCertKey:       ca.certPEM,
-		corev1.TLSPrivateKeyKey: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}),
+		certKey: ca.certPEM,
+		keyKey:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}),
 	}, nil
 }
 
-// decodeCA reads a CA written by secretData.
-func decodeCA(data map[string][]byte) (caKeys, error) {
-	pair, err := tls.X509KeyPair(data[corev1.TLSCertKey], data[corev1.TLSPrivateKeyKey])
+// decodeCA reads a CA written by secretData, under the keys certKey and keyKey.
+func decodeCA(data map[string][]byte, certKey, keyKey string) (caKeys, error) {
+	pair, err := tls.X509KeyPair(data[certKey], data[keyKey])
 	if err != nil {
-		return caKeys{}, fmt.Errorf("usage CA Secret %s (delete it to make a new CA): %w", CASecretName, err)
+		return caKeys{}, fmt.Errorf("usage CA Secret %s: %w", CASecretName, err)
 	}
 	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
 	if !ok || !pair.Leaf.IsCA {
-		return caKeys{}, fmt.Errorf("usage CA Secret %s (delete it to make a new CA): not an ECDSA CA", CASecretName)
+		return caKeys{}, fmt.Errorf("usage CA Secret %s: not an ECDSA CA", CASecretName)
 	}
 	return caKeys{cert: pair.Leaf, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: pair.Leaf.Raw}), key: key}, nil
-}
-
-// CACertificate is the CA certificate (PEM) in the data of the CA Secret, for publishing to
-// the runtimes, and when the CA was made; it fails on anything decodeCA would not take.
-func CACertificate(data map[string][]byte) (pem []byte, made time.Time, err error) {
-	ca, err := decodeCA(data)
-	if err != nil {
-		return nil, time.Time{}, err
-	}
-	return ca.certPEM, ca.made(), nil
 }
 
 // made is when the CA was made (its NotBefore is backdated by clockSkew).
 func (ca caKeys) made() time.Time { return ca.cert.NotBefore.Add(clockSkew) }
 
-// PublishedCA is the bundle (PEM) to publish for the runtimes: the current CA, and, for
-// CAOverlap after it was made, the certificates of the bundle published before (previous),
-// so runtimes trust the serving certificates of both while the replicas change over. After
-// the overlap only the current CA is left. next is when the bundle changes by itself
-// (zero: never).
-func PublishedCA(current []byte, made time.Time, previous []byte, now time.Time) (bundle []byte, next time.Time) {
-	current = bytes.TrimSpace(current)
-	end := made.Add(CAOverlap)
-	if !now.Before(end) {
-		return append(current, '\n'), time.Time{}
-	}
-	out := append(append([]byte(nil), current...), '\n')
-	for rest := previous; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		b := pem.EncodeToMemory(block)
-		if block.Type == "CERTIFICATE" && !bytes.Contains(out, b) {
-			out = append(out, b...)
-		}
-	}
-	return out, end
+// caPair is the CA Secret: the current CA and, after a rotation, the one it replaced.
+type caPair struct {
+	current  caKeys
+	previous *caKeys
 }
 
-// Ensure makes the CA if there is none (as the first replica does) and returns its
-// certificate (PEM).
+// decodeCAPair reads the CA Secret's data; a previous CA that cannot be read is left out.
+func decodeCAPair(data map[string][]byte) (caPair, error) {
+	cur, err := decodeCA(data, corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
+	if err != nil {
+		return caPair{}, err
+	}
+	p := caPair{current: cur}
+	if prev, err := decodeCA(data, previousCertKey, previousKeyKey); err == nil {
+		p.previous = &prev
+	}
+	return p, nil
+}
+
+func (p caPair) secretData() (map[string][]byte, error) {
+	data, err := p.current.secretData(corev1.TLSCertKey, corev1.TLSPrivateKeyKey)
+	if err != nil || p.previous == nil {
+		return data, err
+	}
+	prev, err := p.previous.secretData(previousCertKey, previousKeyKey)
+	maps.Copy(data, prev)
+	return data, err
+}
+
+// overlapping is whether the previous CA is still published beside the current one at now.
+func (p caPair) overlapping(now time.Time) bool {
+	return p.previous != nil && now.Before(p.current.made().Add(CAOverlap))
+}
+
+// issuer is the CA serving certificates come from at now: the previous one for
+// CAActivationDelay after a rotation, then the current one.
+func (p caPair) issuer(now time.Time) caKeys {
+	if p.previous != nil && now.Before(p.current.made().Add(CAActivationDelay)) {
+		return *p.previous
+	}
+	return p.current
+}
+
+// bundle is what the runtimes trust at now: the current CA's certificate (PEM) and, while
+// overlapping, the previous one's.
+func (p caPair) bundle(now time.Time) []byte {
+	b := slices.Clone(p.current.certPEM)
+	if p.overlapping(now) {
+		b = append(b, p.previous.certPEM...)
+	}
+	return b
+}
+
+// PublishedCA is what to publish for the runtimes from the CA Secret's data at now: the
+// current CA and, for CAOverlap after a rotation, the previous one, so runtimes trust the
+// serving certificates of both while the replicas change over. next is when that changes
+// by itself (zero: never).
+func PublishedCA(data map[string][]byte, now time.Time) (bundle []byte, next time.Time, err error) {
+	p, err := decodeCAPair(data)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if p.overlapping(now) {
+		next = p.current.made().Add(CAOverlap)
+	}
+	return p.bundle(now), next, nil
+}
+
+// Ensure makes the CA, or a new one when the Secret asks for it (CARotateAnnotation), as a
+// replica does at its next check, and returns the bundle to publish.
 func (s SecretCA) Ensure(ctx context.Context) ([]byte, error) {
-	ca, err := s.load(ctx, time.Now())
-	return ca.certPEM, err
+	now := time.Now()
+	p, err := s.load(ctx, now)
+	return p.bundle(now), err
 }
 
 // issue signs a serving certificate for hosts (DNS names or IP addresses) with a new key.
@@ -217,10 +258,12 @@ func (ca caKeys) issue(hosts []string, now time.Time) (*tls.Certificate, error) 
 	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
 
-// SecretCA keeps the CA in the Secret CASecretName of Namespace, creating it when missing and
-// replacing it when it cannot be decoded or has less than a serving certificate's lifetime
-// left. Every replica may do so at once: a creation or an update (guarded by the
-// resourceVersion read) wins, the others read the winner's.
+// SecretCA keeps the CA in the Secret CASecretName of Namespace. It creates the Secret when it
+// is missing, and makes a new CA when the Secret asks for one (CARotateAnnotation), when the
+// current one has less than a serving certificate's lifetime left, or when it cannot be
+// decoded; a usable current CA is kept as the previous one, for the overlap. Every replica
+// may do so at once: a creation or an update (guarded by the resourceVersion read) wins, the
+// others read the winner's.
 type SecretCA struct {
 	// Client writes the Secret; Reader reads it from the API server (uncached, so a
 	// replica sees the Secret another one just wrote).
@@ -229,48 +272,50 @@ type SecretCA struct {
 	Namespace string
 }
 
-func (s SecretCA) load(ctx context.Context, now time.Time) (caKeys, error) {
+func (s SecretCA) load(ctx context.Context, now time.Time) (caPair, error) {
 	for range 3 {
 		sec := &corev1.Secret{}
 		err := s.Reader.Get(ctx, client.ObjectKey{Namespace: s.Namespace, Name: CASecretName}, sec)
 		exists := err == nil
 		if err != nil && !apierrors.IsNotFound(err) {
-			return caKeys{}, fmt.Errorf("reading usage CA Secret %s: %w", CASecretName, err)
+			return caPair{}, fmt.Errorf("reading usage CA Secret %s: %w", CASecretName, err)
 		}
-		if exists {
-			ca, err := decodeCA(sec.Data)
-			if err == nil && ca.cert.NotAfter.Sub(now) > servingValidity {
-				return ca, nil
-			}
-			// Unreadable, or expiring: replaced below, as if deleted.
+		old, decodeErr := decodeCAPair(sec.Data)
+		_, rotate := sec.Annotations[CARotateAnnotation]
+		if exists && decodeErr == nil && !rotate && old.current.cert.NotAfter.Sub(now) > servingValidity {
+			return old, nil
 		}
 		ca, err := newCA(now)
 		if err != nil {
-			return caKeys{}, err
+			return caPair{}, err
 		}
-		data, err := ca.secretData()
-		if err != nil {
-			return caKeys{}, err
+		next := caPair{current: ca}
+		if exists && decodeErr == nil && now.Before(old.current.cert.NotAfter) {
+			next.previous = &old.current
 		}
-		if !exists {
-			sec = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: s.Namespace, Name: CASecretName}}
+		if sec.Data, err = next.secretData(); err != nil {
+			return caPair{}, err
 		}
-		sec.Labels = map[string]string{servingv1alpha1.LabelManagedBy: servingv1alpha1.ManagedByValue}
-		sec.Type, sec.Data = corev1.SecretTypeTLS, data
+		sec.Namespace, sec.Name, sec.Type = s.Namespace, CASecretName, corev1.SecretTypeTLS
+		if sec.Labels == nil {
+			sec.Labels = map[string]string{}
+		}
+		sec.Labels[servingv1alpha1.LabelManagedBy] = servingv1alpha1.ManagedByValue
+		delete(sec.Annotations, CARotateAnnotation)
 		if exists {
 			err = s.Client.Update(ctx, sec)
 		} else {
 			err = s.Client.Create(ctx, sec)
 		}
 		if err == nil {
-			return ca, nil
+			return next, nil
 		}
 		if !apierrors.IsAlreadyExists(err) && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
-			return caKeys{}, fmt.Errorf("writing usage CA Secret %s: %w", CASecretName, err)
+			return caPair{}, fmt.Errorf("writing usage CA Secret %s: %w", CASecretName, err)
 		}
 		// Another replica wrote it first: read theirs.
 	}
-	return caKeys{}, fmt.Errorf("usage CA Secret %s: written by others again and again while this replica read it", CASecretName)
+	return caPair{}, fmt.Errorf("usage CA Secret %s: written by others again and again while this replica read it", CASecretName)
 }
 
 // servingCerts gives the aggregator's TLS handshakes a certificate for hosts, issued from
@@ -289,25 +334,44 @@ type servingCerts struct {
 	caHash  [32]byte   // of the CA certificate current was signed with
 }
 
-// get is tls.Config.GetCertificate: the current certificate, or a new one when there is none
-// yet or it has expired (keep could not refresh it).
+// get is tls.Config.GetCertificate: the current certificate. Only when there is none yet
+// (or it has expired: keep could not refresh it) does a handshake wait for one, and then
+// the handshakes waiting together get one refresh between them.
 func (s *servingCerts) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	if c := s.current.Load(); c != nil && s.now().Before(c.Leaf.NotAfter) {
+	if c := s.usable(); c != nil {
 		return c, nil
 	}
-	return s.refresh()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.usable(); c != nil {
+		return c, nil
+	}
+	return s.refreshLocked()
 }
 
-// refresh reads the CA (making it if needed) and issues a new certificate when the current
-// one is two thirds through its life or was signed by another CA. A CA that cannot be read
-// leaves a valid current certificate in use.
+// usable is the current certificate, or nil when there is none or it has expired.
+func (s *servingCerts) usable() *tls.Certificate {
+	if c := s.current.Load(); c != nil && s.now().Before(c.Leaf.NotAfter) {
+		return c
+	}
+	return nil
+}
+
+// refresh reads the CA Secret (making or rotating the CA if needed) and issues a new
+// certificate when the current one is two thirds through its life or another CA should
+// issue it (caPair.issuer). A Secret that cannot be read leaves a valid current certificate
+// in use.
 func (s *servingCerts) refresh() (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.refreshLocked()
+}
+
+func (s *servingCerts) refreshLocked() (*tls.Certificate, error) {
 	now, cur := s.now(), s.current.Load()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ca, err := s.ca.load(ctx, now)
+	pair, err := s.ca.load(ctx, now)
 	if err != nil {
 		keep := cur != nil && now.Before(cur.Leaf.NotAfter)
 		s.log.Error(err, "usage aggregator: cannot read or make its CA", "servingTheCertificateItHas", keep)
@@ -316,13 +380,12 @@ func (s *servingCerts) refresh() (*tls.Certificate, error) {
 		}
 		return nil, err
 	}
-	h := sha256.Sum256(ca.cert.Raw)
-	if cur != nil && now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) &&
-		(h == s.caHash || now.Before(ca.made().Add(CAActivationDelay))) {
-		// Fresh, from this CA, or from the previous one while runtimes learn the new one.
+	issuer := pair.issuer(now)
+	h := sha256.Sum256(issuer.cert.Raw)
+	if cur != nil && h == s.caHash && now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) {
 		return cur, nil
 	}
-	cert, err := ca.issue(s.hosts, now)
+	cert, err := issuer.issue(s.hosts, now)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,7 @@ func caFile(t *testing.T, caNS string) string {
 	waitFor(t, "the aggregator's CA Secret", func() bool {
 		return startEnv(t).Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec) == nil
 	})
-	pem, _, err := CACertificate(sec.Data)
+	pem, _, err := PublishedCA(sec.Data, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestReplicasShareTheCA(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			got[i] = sha256.Sum256(ca.cert.Raw)
+			got[i] = sha256.Sum256(ca.current.cert.Raw)
 		})
 	}
 	wg.Wait()
@@ -246,21 +246,30 @@ func TestServingCertificates(t *testing.T) {
 		}
 		return c
 	}
-	verify := func(c *tls.Certificate, name string) error {
+	secret := func() *corev1.Secret {
+		t.Helper()
 		sec := &corev1.Secret{}
 		if err := e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec); err != nil {
 			t.Fatal(err)
 		}
-		pem, _, err := CACertificate(sec.Data)
+		return sec
+	}
+	currentCA := func() []byte {
+		t.Helper()
+		p, err := decodeCAPair(secret().Data)
 		if err != nil {
 			t.Fatal(err)
 		}
-		roots := x509.NewCertPool()
-		roots.AppendCertsFromPEM(pem)
-		_, err = c.Leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: name, CurrentTime: clock.Now(),
+		return p.current.certPEM
+	}
+	verifyWith := func(c *tls.Certificate, roots []byte, name string) error {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(roots)
+		_, err := c.Leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: name, CurrentTime: clock.Now(),
 			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 		return err
 	}
+	verify := func(c *tls.Certificate, name string) error { return verifyWith(c, currentCA(), name) }
 
 	first := get()
 	for _, name := range []string{"usage.test.svc", "127.0.0.1"} {
@@ -294,23 +303,55 @@ func TestServingCertificates(t *testing.T) {
 		t.Errorf("helixflow_usage_serving_certificate_expiration_timestamp_seconds = %v, want %v (the renewed certificate's)", got, want)
 	}
 
-	// The CA Secret is deleted (to rotate the CA): the next check makes a new CA, but the
-	// certificate from the old one is served for CAActivationDelay more, while the runtimes
-	// learn the new CA; then one from the new CA.
-	if err := e.Client.Delete(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}}); err != nil {
+	// A rotation (the annotation): the next check makes a new CA and keeps the old one as
+	// the previous, and removes the annotation. Certificates still come from the old CA for
+	// CAActivationDelay, also for a replica that starts meanwhile, while the runtimes learn
+	// the new CA; then from the new one.
+	oldCA := currentCA()
+	sec := secret()
+	sec.Annotations = map[string]string{CARotateAnnotation: "please"}
+	if err := e.Client.Update(t.Context(), sec); err != nil {
 		t.Fatal(err)
 	}
 	clock.add(caCheckInterval)
 	if refresh() != renewed {
 		t.Error("the certificate changed as soon as a new CA was made, before runtimes could know it")
 	}
+	newCA := currentCA()
+	if string(newCA) == string(oldCA) {
+		t.Fatal("the CA was not rotated")
+	}
+	if _, asked := secret().Annotations[CARotateAnnotation]; asked {
+		t.Error("the rotation annotation is still on the Secret")
+	}
+	started := &servingCerts{ca: certs.ca, hosts: certs.hosts, now: clock.Now, checkEvery: caCheckInterval}
+	early, err := started.get(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if verifyWith(early, oldCA, "usage.test.svc") != nil || verifyWith(early, newCA, "usage.test.svc") == nil {
+		t.Error("a replica started during the activation delay serves a certificate from the new CA")
+	}
 	clock.add(CAActivationDelay)
 	rotated := refresh()
 	if rotated == renewed {
 		t.Fatal("the certificate was not reissued from the new CA after the activation delay")
 	}
-	if err := verify(rotated, "usage.test.svc"); err != nil {
-		t.Errorf("certificate after the CA was replaced: %v", err)
+	if err := verifyWith(rotated, newCA, "usage.test.svc"); err != nil {
+		t.Errorf("certificate after the activation delay: %v", err)
+	}
+
+	// Deleted (a compromised CA): a new CA, used at once, with no previous one.
+	if err := e.Client.Delete(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}}); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(caCheckInterval)
+	reset := refresh()
+	if reset == rotated || verify(reset, "usage.test.svc") != nil || verifyWith(reset, newCA, "usage.test.svc") == nil {
+		t.Error("after the CA Secret was deleted, the certificate is not from a new CA alone")
+	}
+	if bundle, _, err := PublishedCA(secret().Data, clock.Now()); err != nil || strings.Count(string(bundle), "BEGIN CERTIFICATE") != 1 {
+		t.Errorf("published after the CA Secret was deleted: %q (%v), want the new CA alone", bundle, err)
 	}
 
 	// The API server is away: the certificate in hand is kept while it is valid.
@@ -318,7 +359,7 @@ func TestServingCertificates(t *testing.T) {
 	failReads = true
 	mu.Unlock()
 	clock.add(caCheckInterval)
-	if refresh() != rotated || get() != rotated {
+	if refresh() != reset || get() != reset {
 		t.Error("the certificate changed while the CA could not be read")
 	}
 	clock.add(servingValidity)
@@ -350,7 +391,7 @@ func TestDeletedCAComesBack(t *testing.T) {
 		if e.Client.Get(t.Context(), client.ObjectKey{Namespace: caNS, Name: CASecretName}, sec) != nil {
 			return false
 		}
-		pem, _, err := CACertificate(sec.Data)
+		pem, _, err := PublishedCA(sec.Data, time.Now())
 		return err == nil && string(pem) != string(old)
 	})
 }
@@ -365,15 +406,19 @@ func TestUnusableCAReplaced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	expiringData, err := expiring.secretData()
+	expiringData, err := caPair{current: expiring}.secretData()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, data := range map[string]map[string][]byte{
-		"undecodable": {corev1.TLSCertKey: []byte("not PEM"), corev1.TLSPrivateKeyKey: []byte("not PEM")},
-		"expiring":    expiringData,
+	for name, tc := range map[string]struct {
+		data map[string][]byte
+		// previous is the CA kept for the overlap, if any.
+		previous *caKeys
+	}{
+		"undecodable": {data: map[string][]byte{corev1.TLSCertKey: []byte("not PEM"), corev1.TLSPrivateKeyKey: []byte("not PEM")}},
+		"expiring":    {data: expiringData, previous: &expiring},
 	} {
-		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}, Type: corev1.SecretTypeTLS, Data: data}
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: caNS, Name: CASecretName}, Type: corev1.SecretTypeTLS, Data: tc.data}
 		_ = e.Client.Delete(t.Context(), sec)
 		waitFor(t, "the old Secret gone", func() bool {
 			return e.Client.Get(t.Context(), client.ObjectKeyFromObject(sec), &corev1.Secret{}) != nil
@@ -381,64 +426,93 @@ func TestUnusableCAReplaced(t *testing.T) {
 		if err := e.Client.Create(t.Context(), sec); err != nil {
 			t.Fatal(err)
 		}
-		ca, err := src.load(t.Context(), time.Now())
+		p, err := src.load(t.Context(), time.Now())
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		if ca.cert.NotAfter.Before(time.Now().Add(caValidity - time.Hour)) {
-			t.Errorf("%s: CA valid until %v, want a new ten-year CA", name, ca.cert.NotAfter)
+		if p.current.cert.NotAfter.Before(time.Now().Add(caValidity - time.Hour)) {
+			t.Errorf("%s: CA valid until %v, want a new ten-year CA", name, p.current.cert.NotAfter)
 		}
 		got := &corev1.Secret{}
 		if err := e.Client.Get(t.Context(), client.ObjectKeyFromObject(sec), got); err != nil {
 			t.Fatal(err)
 		}
-		if stored, err := decodeCA(got.Data); err != nil || !stored.cert.Equal(ca.cert) {
-			t.Errorf("%s: the Secret holds %v (%v), want the new CA", name, stored.cert, err)
+		stored, err := decodeCAPair(got.Data)
+		if err != nil || !stored.current.cert.Equal(p.current.cert) {
+			t.Fatalf("%s: the Secret holds %v (%v), want the new CA", name, stored.current.cert, err)
+		}
+		switch {
+		case tc.previous == nil && stored.previous != nil:
+			t.Errorf("%s: a previous CA was kept", name)
+		case tc.previous != nil && (stored.previous == nil || !stored.previous.cert.Equal(tc.previous.cert)):
+			t.Errorf("%s: the replaced CA was not kept as the previous one", name)
 		}
 	}
 }
 
-// While a new CA and the previous one overlap, both are published; then the new one alone.
+// After a rotation the previous CA is published beside the new one for CAOverlap (and
+// serving certificates come from it for CAActivationDelay); then the new one alone. Only
+// one previous CA is kept, however quick the rotations.
 func TestPublishedCA(t *testing.T) {
 	now := time.Now()
-	oldCA, err := newCA(now.Add(-48 * time.Hour))
+	first, err := newCA(now.Add(-48 * time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
-	newer, err := newCA(now)
+	second, err := newCA(now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	certs := func(bundle []byte) (n int, hasOld, hasNew bool) {
-		pool := string(bundle)
-		return strings.Count(pool, "BEGIN CERTIFICATE"), strings.Contains(pool, string(oldCA.certPEM)), strings.Contains(pool, string(newer.certPEM))
+	third, err := newCA(now.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publish := func(p caPair, at time.Time) (bundle string, next time.Time) {
+		t.Helper()
+		data, err := p.secretData()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, next, err := PublishedCA(data, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(b) {
+			t.Errorf("bundle %q does not parse as PEM certificates", b)
+		}
+		return string(b), next
+	}
+	has := func(bundle string, cas ...caKeys) bool {
+		for _, ca := range cas {
+			if !strings.Contains(bundle, string(ca.certPEM)) {
+				return false
+			}
+		}
+		return strings.Count(bundle, "BEGIN CERTIFICATE") == len(cas)
 	}
 
-	// First publication: the CA alone.
-	bundle, _ := PublishedCA(oldCA.certPEM, oldCA.made(), nil, now)
-	if n, hasOld, _ := certs(bundle); n != 1 || !hasOld {
-		t.Errorf("first bundle has %d certificates (old CA in it: %v), want the CA alone", n, hasOld)
+	if b, next := publish(caPair{current: first}, now); !has(b, first) || !next.IsZero() {
+		t.Errorf("a CA with no previous one: published %q, next %v; want it alone, for good", b, next)
 	}
-	// Its own bundle again: unchanged, and nothing to wait for.
-	again, next := PublishedCA(oldCA.certPEM, oldCA.made(), bundle, now)
-	if string(again) != string(bundle) || !next.IsZero() {
-		t.Errorf("republished bundle changed (%v) or waits for %v", string(again) != string(bundle), next)
+	rotated := caPair{current: second, previous: &first}
+	b, next := publish(rotated, now.Add(time.Minute))
+	if !has(b, second, first) || !next.Equal(second.made().Add(CAOverlap)) {
+		t.Errorf("during the overlap: both CAs published: %v; the overlap ends %v, want %v", has(b, second, first), next, second.made().Add(CAOverlap))
 	}
-
-	// A new CA: both, until CAOverlap after it was made.
-	during, next := PublishedCA(newer.certPEM, newer.made(), bundle, now.Add(time.Minute))
-	if n, hasOld, hasNew := certs(during); n != 2 || !hasOld || !hasNew {
-		t.Errorf("bundle during the overlap: %d certificates (old %v, new %v), want both", n, hasOld, hasNew)
+	if again, _ := publish(rotated, now.Add(2*time.Minute)); again != b {
+		t.Error("the bundle changed during the overlap (every change rewrites the runtimes' files)")
 	}
-	if want := newer.made().Add(CAOverlap); !next.Equal(want) {
-		t.Errorf("overlap ends %v, want %v", next, want)
+	if b, next := publish(rotated, second.made().Add(CAOverlap)); !has(b, second) || !next.IsZero() {
+		t.Errorf("after the overlap: published %q, next %v; want the new CA alone", b, next)
 	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(during) {
-		t.Error("the bundle does not parse as PEM certificates")
+	if got := rotated.issuer(now.Add(time.Minute)); !got.cert.Equal(first.cert) {
+		t.Error("serving certificates come from the new CA during the activation delay")
 	}
-	after, next := PublishedCA(newer.certPEM, newer.made(), during, newer.made().Add(CAOverlap))
-	if n, hasOld, hasNew := certs(after); n != 1 || hasOld || !hasNew || !next.IsZero() {
-		t.Errorf("bundle after the overlap: %d certificates (old %v, new %v), next %v; want the new CA alone", n, hasOld, hasNew, next)
+	if got := rotated.issuer(second.made().Add(CAActivationDelay)); !got.cert.Equal(second.cert) {
+		t.Error("serving certificates come from the old CA after the activation delay")
+	}
+	// A second rotation within the overlap: the first CA is trusted no more.
+	if b, _ := publish(caPair{current: third, previous: &second}, now.Add(2*time.Minute)); !has(b, third, second) {
+		t.Errorf("after two quick rotations: published %q, want the last two CAs only", b)
 	}
 }

@@ -8,9 +8,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -174,7 +174,11 @@ func (c *cluster) startRuntime() {
 	c.runtimeURL, c.stopRuntime = startRuntime(c.t, c.ns, "chat", c.engineURL, func(o *serve.Options) {
 		o.UsageEndpoint, o.UsageTokenFile = c.cfg.UsageBindAddress, c.usageToken
 		// The runtime dials the local port and verifies the name model pods dial.
-		o.UsageCAFile, o.UsageServerName = c.usageCA, strings.Split(c.cfg.UsageEndpoint, ":")[0]
+		host, _, err := net.SplitHostPort(c.cfg.UsageEndpoint)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		o.UsageCAFile, o.UsageServerName = c.usageCA, host
 	})
 }
 
