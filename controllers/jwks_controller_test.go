@@ -330,6 +330,7 @@ func TestEndpointHost(t *testing.T) {
 	for addr, want := range map[string]string{
 		"helixflow-usage.helixflow-system.svc:9443":        "helixflow-usage.helixflow-system.svc",
 		"dns:///helixflow-usage.helixflow-system.svc:9443": "helixflow-usage.helixflow-system.svc",
+		"dns://10.96.0.10/helixflow-usage.svc:9443":        "helixflow-usage.svc",
 		"10.0.0.7:9443":   "10.0.0.7",
 		"[fd00::7]:9443":  "fd00::7",
 		"helixflow-usage": "helixflow-usage",

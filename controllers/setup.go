@@ -288,10 +288,11 @@ func podBindingChanged() predicate.Predicate {
 }
 
 // endpointHost is the host of the address runtimes are given: host:port, or a gRPC target
-// such as dns:///host:port (the address itself when it has no port).
+// such as dns:///host:port or dns://resolver/host:port (the address itself when it has no
+// port).
 func endpointHost(addr string) string {
-	if _, rest, ok := strings.Cut(addr, ":///"); ok {
-		addr = rest
+	if _, rest, ok := strings.Cut(addr, "://"); ok {
+		addr = rest[strings.LastIndex(rest, "/")+1:]
 	}
 	if host, _, err := net.SplitHostPort(addr); err == nil {
 		return host
