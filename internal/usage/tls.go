@@ -7,7 +7,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -86,12 +85,7 @@ type caKeys struct {
 
 // newCA makes a self-signed ECDSA P-256 CA, valid from now for caValidity.
 func newCA(now time.Time) (caKeys, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return caKeys{}, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
 		Subject:               pkix.Name{Organization: []string{"HelixFlow"}, CommonName: "helixflow usage aggregator CA"},
 		NotBefore:             now.Add(-clockSkew),
 		NotAfter:              now.Add(caValidity),
@@ -100,23 +94,39 @@ func newCA(now time.Time) (caKeys, error) {
 		IsCA:                  true,
 		MaxPathLenZero:        true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	key, cert, err := signNew(tmpl, nil)
 	if err != nil {
 		return caKeys{}, err
 	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return caKeys{}, err
-	}
-	return caKeys{cert: cert, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: key}, nil
+	return caKeys{cert: cert, certPEM: certPEM(cert), key: key}, nil
 }
 
-func randomSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+// signNew makes a P-256 key and a certificate of tmpl for it, with a random serial, signed
+// by ca (by the new key itself when ca is nil: self-signed).
+func signNew(tmpl *x509.Certificate, ca *caKeys) (*ecdsa.PrivateKey, *x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		panic(err) // crypto/rand does not fail on Linux
+		return nil, nil, err
 	}
-	return n
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, err
+	}
+	tmpl.SerialNumber = serial
+	parent, signer := tmpl, key
+	if ca != nil {
+		parent, signer = ca.cert, ca.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, signer)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	return key, cert, err
+}
+
+func certPEM(cert *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 }
 
 // secretData is the CA as Secret data under the keys certKey and keyKey.
@@ -141,7 +151,7 @@ func decodeCA(data map[string][]byte, certKey, keyKey string) (caKeys, error) {
 	if !ok || !pair.Leaf.IsCA {
 		return caKeys{}, fmt.Errorf("usage CA Secret %s: not an ECDSA CA", CASecretName)
 	}
-	return caKeys{cert: pair.Leaf, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: pair.Leaf.Raw}), key: key}, nil
+	return caKeys{cert: pair.Leaf, certPEM: certPEM(pair.Leaf), key: key}, nil
 }
 
 // made is when the CA was made (its NotBefore is backdated by clockSkew).
@@ -225,17 +235,12 @@ func (s SecretCA) Ensure(ctx context.Context) ([]byte, error) {
 
 // issue signs a serving certificate for hosts (DNS names or IP addresses) with a new key.
 func (ca caKeys) issue(hosts []string, now time.Time) (*tls.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{Organization: []string{"HelixFlow"}, CommonName: "helixflow usage aggregator"},
-		NotBefore:    now.Add(-clockSkew),
-		NotAfter:     now.Add(servingValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{Organization: []string{"HelixFlow"}, CommonName: "helixflow usage aggregator"},
+		NotBefore:   now.Add(-clockSkew),
+		NotAfter:    now.Add(servingValidity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	if tmpl.NotAfter.After(ca.cert.NotAfter) {
 		tmpl.NotAfter = ca.cert.NotAfter
@@ -247,15 +252,11 @@ func (ca caKeys) issue(hosts []string, now time.Time) (*tls.Certificate, error) 
 			tmpl.DNSNames = append(tmpl.DNSNames, h)
 		}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	key, leaf, err := signNew(tmpl, &ca)
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	return &tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf}, nil
 }
 
 // SecretCA keeps the CA in the Secret CASecretName of Namespace. It creates the Secret when it
@@ -331,7 +332,6 @@ type servingCerts struct {
 
 	current atomic.Pointer[tls.Certificate]
 	mu      sync.Mutex // serialises refresh
-	caHash  [32]byte   // of the CA certificate current was signed with
 }
 
 // get is tls.Config.GetCertificate: the current certificate. Only when there is none yet
@@ -381,15 +381,16 @@ func (s *servingCerts) refreshLocked() (*tls.Certificate, error) {
 		return nil, err
 	}
 	issuer := pair.issuer(now)
-	h := sha256.Sum256(issuer.cert.Raw)
-	if cur != nil && h == s.caHash && now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) {
+	// Signed by issuer: CreateCertificate gives each CA a key ID (from its key) and names it in
+	// what it signs.
+	if cur != nil && len(issuer.cert.SubjectKeyId) > 0 && bytes.Equal(cur.Leaf.AuthorityKeyId, issuer.cert.SubjectKeyId) &&
+		now.Before(cur.Leaf.NotBefore.Add(clockSkew+2*servingValidity/3)) {
 		return cur, nil
 	}
 	cert, err := issuer.issue(s.hosts, now)
 	if err != nil {
 		return nil, err
 	}
-	s.caHash = h
 	s.current.Store(cert)
 	servingCertExpiry.Set(float64(cert.Leaf.NotAfter.Unix()))
 	s.log.Info("usage aggregator: serving certificate issued", "hosts", s.hosts, "notAfter", cert.Leaf.NotAfter)
@@ -398,8 +399,8 @@ func (s *servingCerts) refreshLocked() (*tls.Certificate, error) {
 
 // keep issues the first certificate, making the CA if there is none, then refreshes it
 // every checkEvery until ctx ends. Runtimes cannot connect before the manager has made and
-// published the CA, and a deleted CA Secret (to rotate it) must come back without a
-// handshake to bring it: the runtimes would have no CA to handshake with.
+// published the CA, and a rotation or a deleted CA Secret must take effect without a
+// handshake to bring it: the runtimes may have no CA to handshake with.
 func (s *servingCerts) keep(ctx context.Context) {
 	const retry = 5 * time.Second
 	for {
