@@ -64,11 +64,8 @@ func (r *JWKSReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.
 	if client.IgnoreNotFound(liveErr) != nil {
 		return ctrl.Result{}, fmt.Errorf("getting ConfigMap %s/%s: %w", ns, cm.Name, liveErr)
 	}
-	var published []byte
-	if liveErr == nil {
-		published = []byte(live.Data[usage.CAConfigMapKey])
-	}
-	bundle, next, err := r.usageCA(ctx, published)
+	// (live is empty when there is no ConfigMap yet: nothing published.)
+	bundle, next, err := r.usageCA(ctx, []byte(live.Data[usage.CAConfigMapKey]))
 	if err != nil {
 		return ctrl.Result{}, err
 	}

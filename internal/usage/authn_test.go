@@ -237,9 +237,7 @@ func TestReporterSendsTheTokenOfItsFile(t *testing.T) {
 	// Its resends wait longer than the Flush: the Flush's error is that of its call.
 	bare := startReporter(t, addr, WithBackoff(2*time.Second, 4*time.Second))
 	record(bare, key, 5, 5)
-	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-	defer cancel()
-	if err := bare.Flush(ctx); err == nil || !strings.Contains(err.Error(), "no ServiceAccount token") {
+	if err := flushWithin(bare, time.Second); err == nil || !strings.Contains(err.Error(), "no ServiceAccount token") {
 		t.Errorf("flush without a token: %v, want refused for want of a token", err)
 	}
 	if s := bare.Stats(); !s.Unacknowledged || s.Refused != 0 {

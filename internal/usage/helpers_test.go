@@ -172,11 +172,16 @@ func startReporter(t *testing.T, addr string, opts ...ReporterOption) *Reporter 
 // flush flushes r within 30s.
 func flush(t *testing.T, r *Reporter) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := r.Flush(ctx); err != nil {
+	if err := flushWithin(r, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// flushWithin flushes r and returns the error of its call (or the deadline's) within d.
+func flushWithin(r *Reporter, d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return r.Flush(ctx)
 }
 
 // recordMany records n requests spread over keys with known, varied token counts and adds

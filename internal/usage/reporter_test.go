@@ -242,10 +242,7 @@ func TestReporterWaitsForItsTokenFile(t *testing.T) {
 		{"empty", "is empty", func() { writeToken(" \n") }},
 	} {
 		tc.prepare()
-		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
-		err := r.Flush(ctx)
-		cancel()
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := flushWithin(r, 300*time.Millisecond); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("flush with the token file %s: %v, want a failure that says %q", tc.name, err, tc.want)
 		}
 	}

@@ -64,13 +64,6 @@ func writeFile(t *testing.T, b []byte) string {
 	return f
 }
 
-// flushWithin flushes r and returns the error of its call (or ctx's) within d.
-func flushWithin(r *Reporter, d time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	return r.Flush(ctx)
-}
-
 // The aggregator speaks TLS with a certificate from the CA it keeps in a Secret; a runtime
 // that verifies it with the published CA reports, and nothing else gets a batch in: not plain
 // gRPC, not a runtime that trusts another CA or expects another name. A runtime whose CA file
@@ -203,33 +196,24 @@ func TestReplicasShareTheCA(t *testing.T) {
 func TestServingCertificates(t *testing.T) {
 	e := startEnv(t)
 	caNS := newNamespace(t)
-	var failReads bool
-	var mu sync.Mutex
 	direct, err := client.NewWithWatch(e.Config, client.Options{Scheme: e.Scheme})
 	if err != nil {
 		t.Fatal(err)
 	}
-	readThrough := func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-		mu.Lock()
-		fail := failReads
-		mu.Unlock()
-		if fail {
-			return errors.New("the API server is away")
-		}
-		return c.Get(ctx, key, obj, opts...)
-	}
-	var reader client.Client
+	var failReads atomic.Bool
+	var reads atomic.Int32
+	reader := interceptor.NewClient(direct, interceptor.Funcs{
+		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+			reads.Add(1)
+			if failReads.Load() {
+				return errors.New("the API server is away")
+			}
+			return c.Get(ctx, key, obj, opts...)
+		},
+	})
 	clock := newFakeClock(time.Now())
 	certs := &servingCerts{ca: SecretCA{Client: e.Client, Reader: reader, Namespace: caNS},
 		hosts: []string{"usage.test.svc", "127.0.0.1"}, now: clock.Now, checkEvery: caCheckInterval}
-	var reads atomic.Int32
-	reader = interceptor.NewClient(direct, interceptor.Funcs{
-		Get: func(ctx context.Context, c client.WithWatch, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
-			reads.Add(1)
-			return readThrough(ctx, c, key, obj, opts...)
-		},
-	})
-	certs.ca.Reader = reader
 	get := func() *tls.Certificate {
 		t.Helper()
 		c, err := certs.get(nil)
@@ -355,9 +339,7 @@ func TestServingCertificates(t *testing.T) {
 	}
 
 	// The API server is away: the certificate in hand is kept while it is valid.
-	mu.Lock()
-	failReads = true
-	mu.Unlock()
+	failReads.Store(true)
 	clock.add(caCheckInterval)
 	if refresh() != reset || get() != reset {
 		t.Error("the certificate changed while the CA could not be read")
