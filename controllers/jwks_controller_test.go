@@ -247,6 +247,10 @@ func TestUsageCAPublished(t *testing.T) {
 	if err := get(&corev1.Secret{}, ns, usage.CASecretName); !apierrors.IsNotFound(err) {
 		t.Errorf("usage CA Secret found in a model namespace: %v", err)
 	}
+	first := &corev1.Secret{}
+	if err := get(first, testConfig.Namespace, usage.CASecretName); err != nil {
+		t.Fatal(err)
+	}
 
 	handshake := func(ca []byte, name string) error {
 		roots := x509.NewCertPool()
@@ -321,6 +325,26 @@ func TestUsageCAPublished(t *testing.T) {
 		got, err := published()
 		if err == nil && string(got) != string(both) {
 			return fmt.Errorf("published %q, want both CAs", got)
+		}
+		return err
+	})
+
+	// The first CA restored by hand from a backup, without the managed-by label the manager's
+	// cache selects on: an aggregator's next check labels it, and so it is published.
+	if err := env.Client.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: testConfig.Namespace, Name: usage.CASecretName}}); err != nil {
+		t.Fatal(err)
+	}
+	restored := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: testConfig.Namespace, Name: usage.CASecretName}, Type: first.Type, Data: first.Data}
+	if err := env.Client.Create(ctx, restored); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := src.Ensure(ctx); err != nil || string(got) != string(ca) {
+		t.Fatalf("bundle of the restored CA Secret: %q, %v; want the restored CA %q", got, err, ca)
+	}
+	eventually(t, "the restored CA published", func() error {
+		got, err := published()
+		if err == nil && string(got) != string(ca) {
+			return fmt.Errorf("published %q, want the restored CA", got)
 		}
 		return err
 	})

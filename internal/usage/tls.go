@@ -262,9 +262,9 @@ func (ca caKeys) issue(hosts []string, now time.Time) (*tls.Certificate, error) 
 // SecretCA keeps the CA in the Secret CASecretName of Namespace. It creates the Secret when it
 // is missing, and makes a new CA when the Secret asks for one (CARotateAnnotation), when the
 // current one has less than a serving certificate's lifetime left, or when it cannot be
-// decoded; a usable current CA is kept as the previous one, for the overlap. Every replica
-// may do so at once: a creation or an update (guarded by the resourceVersion read) wins, the
-// others read the winner's.
+// decoded; a usable current CA is kept as the previous one, for the overlap. A Secret without
+// the managed-by label (put back by hand) gets it. Every replica may do so at once: a creation
+// or an update (guarded by the resourceVersion read) wins, the others read the winner's.
 type SecretCA struct {
 	// Client writes the Secret; Reader reads it from the API server (uncached, so a
 	// replica sees the Secret another one just wrote).
@@ -284,7 +284,19 @@ func (s SecretCA) load(ctx context.Context, now time.Time) (caPair, error) {
 		old, decodeErr := decodeCAPair(sec.Data)
 		_, rotate := sec.Annotations[CARotateAnnotation]
 		if exists && decodeErr == nil && !rotate && old.current.cert.NotAfter.Sub(now) > servingValidity {
-			return old, nil
+			if sec.Labels[servingv1alpha1.LabelManagedBy] == servingv1alpha1.ManagedByValue {
+				return old, nil
+			}
+			// Restored by hand without the label: the manager's cache holds only labelled
+			// Secrets, so the JWKS publisher would not see this CA and runtimes would not trust it.
+			err = s.Client.Update(ctx, labelled(sec))
+			if err == nil {
+				return old, nil
+			}
+			if !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+				return caPair{}, fmt.Errorf("labelling usage CA Secret %s: %w", CASecretName, err)
+			}
+			continue // changed or deleted since it was read: read it again
 		}
 		ca, err := newCA(now)
 		if err != nil {
@@ -298,15 +310,11 @@ func (s SecretCA) load(ctx context.Context, now time.Time) (caPair, error) {
 			return caPair{}, err
 		}
 		sec.Namespace, sec.Name, sec.Type = s.Namespace, CASecretName, corev1.SecretTypeTLS
-		if sec.Labels == nil {
-			sec.Labels = map[string]string{}
-		}
-		sec.Labels[servingv1alpha1.LabelManagedBy] = servingv1alpha1.ManagedByValue
 		delete(sec.Annotations, CARotateAnnotation)
 		if exists {
-			err = s.Client.Update(ctx, sec)
+			err = s.Client.Update(ctx, labelled(sec))
 		} else {
-			err = s.Client.Create(ctx, sec)
+			err = s.Client.Create(ctx, labelled(sec))
 		}
 		if err == nil {
 			return next, nil
@@ -317,6 +325,15 @@ func (s SecretCA) load(ctx context.Context, now time.Time) (caPair, error) {
 		// Another replica wrote it first: read theirs.
 	}
 	return caPair{}, fmt.Errorf("usage CA Secret %s: written by others again and again while this replica read it", CASecretName)
+}
+
+// labelled sets the managed-by label on sec and returns it.
+func labelled(sec *corev1.Secret) *corev1.Secret {
+	if sec.Labels == nil {
+		sec.Labels = map[string]string{}
+	}
+	sec.Labels[servingv1alpha1.LabelManagedBy] = servingv1alpha1.ManagedByValue
+	return sec
 }
 
 // servingCerts gives the aggregator's TLS handshakes a certificate for hosts, issued from
