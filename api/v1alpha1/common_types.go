@@ -4,13 +4,9 @@ package v1alpha1
 // `kubectl wait --for=condition=Ready` and Argo CD health checks work the same on all of them.
 const ConditionReady = "Ready"
 
-// Reasons shared by several kinds.
-const (
-	// ReasonReconciling means the controller has seen the latest generation and is still acting on it.
-	ReasonReconciling = "Reconciling"
-	// ReasonReconcileError means the controller failed to act on the object; the message says why.
-	ReasonReconcileError = "ReconcileError"
-)
+// ReasonReconcileError, on an InferenceModel or a GPUNode, means the controller (or the GPU
+// probe) failed to act on the object; the message says why.
+const ReasonReconcileError = "ReconcileError"
 
 // Labels and annotations HelixFlow puts on the objects it creates or reads.
 const (

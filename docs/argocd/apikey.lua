@@ -48,8 +48,6 @@ end
 
 -- Health for Ready=False, by reason.
 local falseReasons = {
-  Reconciling = "Progressing",
-  ReconcileError = "Degraded",
   KeySuspended = "Suspended",
   KeyExpired = "Degraded",
   QuotaExhausted = "Degraded",

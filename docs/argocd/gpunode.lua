@@ -39,7 +39,6 @@ local generation = nil
 
 -- Health for Ready=False, by reason.
 local falseReasons = {
-  Reconciling = "Progressing",
   ReconcileError = "Degraded",
   NVMLUnavailable = "Degraded",
   UnhealthyDevices = "Degraded",

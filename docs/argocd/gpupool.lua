@@ -47,8 +47,6 @@ end
 
 -- Health for Ready=False, by reason.
 local falseReasons = {
-  Reconciling = "Progressing",
-  ReconcileError = "Degraded",
   NoMatchingNodes = "Degraded",
   NoReadyNodes = "Degraded",
   NoAllocatableGPUs = "Degraded",

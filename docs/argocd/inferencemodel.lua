@@ -47,7 +47,6 @@ end
 
 -- Health for Ready=False, by reason.
 local falseReasons = {
-  Reconciling = "Progressing",
   ReconcileError = "Degraded",
   ReplicasNotReady = "Progressing",
   WeightsFetching = "Progressing",

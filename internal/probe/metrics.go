@@ -23,8 +23,9 @@ import (
 //
 // Labels: gpu (NVML index), uuid, model_name, as the DCGM exporter names them.
 type Metrics struct {
-	memUsed, memTotal, util, temp, power, xid, healthy *prometheus.GaugeVec
-	up                                                 prometheus.Gauge
+	memUsed, memTotal, util, temp, power, healthy *prometheus.GaugeVec
+	xid                                           *prometheus.CounterVec
+	up                                            prometheus.Gauge
 	// devices caches each device's gauges, so a steady-state sample allocates nothing.
 	devices map[deviceKey]*deviceGauges
 }
@@ -35,7 +36,10 @@ type deviceKey struct {
 }
 
 type deviceGauges struct {
-	memUsed, memTotal, util, temp, power, xid, healthy prometheus.Gauge
+	memUsed, memTotal, util, temp, power, healthy prometheus.Gauge
+	xid                                           prometheus.Counter
+	// xidSeen is the device's XIDCount the counter has been advanced to.
+	xidSeen int64
 }
 
 // NewMetrics registers the metrics with reg.
@@ -52,12 +56,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		util:     gauge("utilization_ratio", "Fraction of time a kernel ran over the last sample period."),
 		temp:     gauge("temperature_celsius", "GPU temperature."),
 		power:    gauge("power_watts", "Power draw."),
-		// A gauge set to NVML's running count: the probe observes totals, not increments.
-		xid:     gauge("xid_errors_total", "XID errors seen since the probe started."),
+		xid: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "helixflow", Subsystem: "gpu", Name: "xid_errors_total",
+			Help: "XID errors seen since the probe started."}, labels),
 		healthy: gauge("healthy", "1 when the GPU is healthy, 0 otherwise."),
 		up:      prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "helixflow", Subsystem: "gpu", Name: "nvml_up", Help: "1 when NVML answered the last sample."}),
 	}
-	reg.MustRegister(m.up)
+	reg.MustRegister(m.xid, m.up)
 	m.devices = map[deviceKey]*deviceGauges{}
 	return m
 }
@@ -76,13 +80,25 @@ func (m *Metrics) Observe(snap gpu.Snapshot, err error) {
 		g.util.Set(float64(d.UtilizationGPU) / 100)
 		g.temp.Set(float64(d.TemperatureC))
 		g.power.Set(d.PowerWatts)
-		g.xid.Set(float64(d.XIDCount))
+		g.countXIDs(d.XIDCount)
 		h := 0.0
 		if d.Healthy {
 			h = 1
 		}
 		g.healthy.Set(h)
 	}
+}
+
+// countXIDs advances the XID counter to the device's running count (a sample reports
+// totals, not increments). A count below the last one started again from zero (the device
+// was opened again): all of it is new.
+func (g *deviceGauges) countXIDs(total int64) {
+	added := total - g.xidSeen
+	if added < 0 {
+		added = total
+	}
+	g.xid.Add(float64(added))
+	g.xidSeen = total
 }
 
 func (m *Metrics) gauges(d gpu.Device) *deviceGauges {

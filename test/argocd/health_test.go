@@ -40,21 +40,17 @@ const (
 // with status False. The scripts' falseReasons tables must hold exactly these entries.
 var readyFalse = map[string]map[string]string{
 	"gpupool": {
-		servingv1alpha1.ReasonReconciling:              progressing,
-		servingv1alpha1.ReasonReconcileError:           degraded,
 		servingv1alpha1.GPUPoolReasonNoMatchingNodes:   degraded,
 		servingv1alpha1.GPUPoolReasonNoReadyNodes:      degraded,
 		servingv1alpha1.GPUPoolReasonNoAllocatableGPUs: degraded,
 	},
 	"gpunode": {
-		servingv1alpha1.ReasonReconciling:             progressing,
 		servingv1alpha1.ReasonReconcileError:          degraded,
 		servingv1alpha1.GPUNodeReasonNVMLUnavailable:  degraded,
 		servingv1alpha1.GPUNodeReasonUnhealthyDevices: degraded,
 		servingv1alpha1.GPUNodeReasonNoDevices:        degraded,
 	},
 	"inferencemodel": {
-		servingv1alpha1.ReasonReconciling:                           progressing,
 		servingv1alpha1.ReasonReconcileError:                        degraded,
 		servingv1alpha1.InferenceModelReasonReplicasNotReady:        progressing,
 		servingv1alpha1.InferenceModelReasonWeightsFetching:         progressing,
@@ -72,8 +68,6 @@ var readyFalse = map[string]map[string]string{
 		servingv1alpha1.InferenceModelReasonCertManagerNotInstalled: degraded,
 	},
 	"apikey": {
-		servingv1alpha1.ReasonReconciling:            progressing,
-		servingv1alpha1.ReasonReconcileError:         degraded,
 		servingv1alpha1.ApiKeyReasonKeySuspended:     suspended,
 		servingv1alpha1.ApiKeyReasonKeyExpired:       degraded,
 		servingv1alpha1.ApiKeyReasonQuotaExhausted:   degraded,
@@ -133,6 +127,9 @@ func kindsOf(name string) []string {
 		if strings.HasPrefix(name, prefix) {
 			return []string{kind}
 		}
+	}
+	if name == "ReasonReconcileError" {
+		return []string{"gpunode", "inferencemodel"} // the others' reconcilers return their errors
 	}
 	return []string{"gpupool", "gpunode", "inferencemodel", "apikey"}
 }
@@ -368,7 +365,7 @@ func TestInferenceModelHealth(t *testing.T) {
 		{"ready at first generation", model(1, 1, cond("", metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonReplicasReady, "2 of 2 replicas ready", 1)), healthy, "2 of 2"},
 		{"scaled to zero", model(3, 3, cond("", metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonScaledToZero, "spec.replicas is 0", 3)), healthy, "spec.replicas is 0"},
 		{"ready but observedGeneration behind", model(3, 2, cond("", metav1.ConditionTrue, servingv1alpha1.InferenceModelReasonReplicasReady, "2 of 2 replicas ready", 2)), progressing, "generation 3"},
-		{"ready unknown", model(3, 3, cond("", metav1.ConditionUnknown, servingv1alpha1.ReasonReconciling, "", 3)), progressing, "Reconciling"},
+		{"ready unknown", model(3, 3, cond("", metav1.ConditionUnknown, "Pending", "", 3)), progressing, "Pending"},
 		{"unknown reason", model(3, 3, notReady("SomethingNew", "new failure")), degraded, "new failure"},
 		{"ingress pending", model(3, 3, notReady(servingv1alpha1.InferenceModelReasonIngressPending, "Exposed: Ingress llama has no load balancer address yet"),
 			cond(servingv1alpha1.InferenceModelConditionExposed, metav1.ConditionFalse, servingv1alpha1.InferenceModelReasonIngressPending, "Ingress llama has no load balancer address yet", 3)),
