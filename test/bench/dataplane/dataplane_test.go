@@ -151,11 +151,27 @@ func TestMedian(t *testing.T) {
 	}
 }
 
-func TestRoundRatios(t *testing.T) {
-	rt := &pathResult{Name: pathRuntime, Rounds: []loadResult{{RPS: 110}, {RPS: 90}, {RPS: 100}}}
-	ngx := &pathResult{Name: pathNginx, Rounds: []loadResult{{RPS: 100}, {RPS: 100}, {RPS: 100}}}
+func TestPairRounds(t *testing.T) {
+	rt := &pathResult{Name: pathRuntime, Rounds: []loadResult{{RPS: 110, P50: 900}, {RPS: 90, P50: 1200}, {RPS: 100, P50: 1000}}}
+	ngx := &pathResult{Name: pathNginx, Rounds: []loadResult{{RPS: 100, P50: 1000}, {RPS: 100, P50: 1000}, {RPS: 100, P50: 1000}}}
+	pr := pairRounds(rt, ngx)
 	want := "runtime serve RPS / nginx RPS 1.10x, 0.90x, 1.00x; runtime serve ahead in 2 of 3 rounds"
-	if got := roundRatios(rt, ngx); got != want {
-		t.Errorf("roundRatios = %q, want %q", got, want)
+	if got := pr.describe(rt, ngx); got != want {
+		t.Errorf("describe = %q, want %q", got, want)
+	}
+	if pr.rpsRatio != 1 || pr.p50Diff != 0 {
+		t.Errorf("medians of the pairs: %vx, %v; want 1x, 0", pr.rpsRatio, pr.p50Diff)
+	}
+
+	// A slow spell (half speed) over round 2 and the runtime's turn in round 3: the paths'
+	// own medians put nginx ahead, the pairs' medians do not.
+	rt.Rounds = []loadResult{{RPS: 105, P50: 950}, {RPS: 52, P50: 1900}, {RPS: 53, P50: 1880}}
+	ngx.Rounds = []loadResult{{RPS: 100, P50: 1000}, {RPS: 50, P50: 2000}, {RPS: 100, P50: 1000}}
+	if rt.rps() >= ngx.rps() {
+		t.Fatalf("unpaired medians %v vs %v: the case does not show what it is for", rt.rps(), ngx.rps())
+	}
+	pr = pairRounds(rt, ngx)
+	if pr.rpsRatio < 1 || pr.ahead != 2 || pr.p50Diff != -50 {
+		t.Errorf("pairs of a slow spell: %vx, ahead in %d, p50 %v; want >= 1x, 2, -50ns", pr.rpsRatio, pr.ahead, pr.p50Diff)
 	}
 }
