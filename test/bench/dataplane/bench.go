@@ -486,7 +486,7 @@ func (r *report) Print(w io.Writer) {
 	default:
 		// Judged round by round: see pairRounds.
 		pr := pairRounds(rt, ngx)
-		fmt.Fprintf(w, "  %s  runtime RPS >= nginx RPS: %.2fx nginx (the median of the %d rounds' ratios)\n",
+		fmt.Fprintf(w, "  %s  runtime RPS >= nginx RPS: %.3fx nginx (the median of the %d rounds' ratios)\n",
 			passFail(pr.rpsRatio >= 1), pr.rpsRatio, pr.n)
 		fmt.Fprintf(w, "  %s  runtime added p50 <= nginx added p50: %+.3f ms against nginx's (the median of the rounds' differences)\n",
 			passFail(pr.p50Diff <= 0), ms(pr.p50Diff))
