@@ -439,6 +439,21 @@ func (r *report) Print(w io.Writer) {
 		fmt.Fprintf(w, "  %-13s %s\n", p.Name, line)
 	}
 	fmt.Fprintln(w)
+	fmt.Fprintln(w, "the machine's CPU time in the measured windows, all CPUs (medians over rounds): busy (the path's processes) / idle / stolen by the hypervisor:")
+	for _, p := range r.Paths {
+		if !p.measured() {
+			continue
+		}
+		share := func(f func(loadResult) time.Duration) float64 {
+			return 100 * median(p.Rounds, func(r loadResult) float64 { return r.machineShare(f) })
+		}
+		path := func(r loadResult) time.Duration { return r.HarnessCPU + r.EngineCPU + r.ProxyCPU }
+		fmt.Fprintf(w, "  %-13s %.0f%% (%.0f%%) / %.0f%% / %.0f%%\n", p.Name,
+			share(func(r loadResult) time.Duration { return r.Machine.busy }), share(path),
+			share(func(r loadResult) time.Duration { return r.Machine.idle }),
+			share(func(r loadResult) time.Duration { return r.Machine.steal }))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "per round (RPS / p50 / p99 / CPU per request: load generator + engine [+ proxy]):")
 	for _, p := range r.Paths {
 		if !p.measured() {

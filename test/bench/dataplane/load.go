@@ -30,20 +30,36 @@ type target struct {
 	proxyPID int
 }
 
-// cpuSnapshot is the CPU time used so far by the harness, the engine and the proxy.
+// cpuSnapshot is the CPU time used so far by the harness, the engine and the proxy, and by
+// the whole machine.
 type cpuSnapshot struct {
 	harness, engine, proxy time.Duration
+	machine                machineTimes
 	err                    error
 }
 
+// machineTimes is CPU time of all CPUs together: busy (user, nice, system, irq, softirq: any
+// process, the kernel's own threads included), idle (idle, iowait), and stolen by the
+// hypervisor (time a virtual CPU was ready to run and the host ran something else).
+type machineTimes struct {
+	busy, idle, steal time.Duration
+}
+
+func (m machineTimes) sub(from machineTimes) machineTimes {
+	return machineTimes{busy: m.busy - from.busy, idle: m.idle - from.idle, steal: m.steal - from.steal}
+}
+
+func (m machineTimes) total() time.Duration { return m.busy + m.idle + m.steal }
+
 func (t target) cpu() cpuSnapshot {
 	var s cpuSnapshot
-	var errs [3]error
+	var errs [4]error
 	s.harness, errs[0] = selfCPU()
 	s.engine, errs[1] = treeCPU(t.enginePID)
 	if t.proxyPID != 0 {
 		s.proxy, errs[2] = treeCPU(t.proxyPID)
 	}
+	s.machine, errs[3] = machineCPU()
 	s.err = errors.Join(errs[:]...)
 	return s
 }
@@ -79,7 +95,18 @@ type loadResult struct {
 	// (runtime serve; nginx's master and workers; none on the direct path); CPUErr says why
 	// they are unknown.
 	HarnessCPU, EngineCPU, ProxyCPU time.Duration
-	CPUErr                          error
+	// Machine is the whole machine's CPU time in the window.
+	Machine machineTimes
+	CPUErr  error
+}
+
+// machineShare is the share of the window's CPU time (all CPUs) that f picks, or 0 when
+// unknown.
+func (r loadResult) machineShare(f func(loadResult) time.Duration) float64 {
+	if r.CPUErr != nil || r.Machine.total() <= 0 {
+		return 0
+	}
+	return float64(f(r)) / float64(r.Machine.total())
 }
 
 // perRequest is d per request of the window, or 0 when unknown.
@@ -260,6 +287,7 @@ func runLoad(ctx context.Context, t target, clients int, warmup, duration time.D
 	res.HarnessCPU = cpuTo.harness - cpuFrom.harness
 	res.EngineCPU = cpuTo.engine - cpuFrom.engine
 	res.ProxyCPU = cpuTo.proxy - cpuFrom.proxy
+	res.Machine = cpuTo.machine.sub(cpuFrom.machine)
 	var all []time.Duration
 	last := end
 	for _, st := range stats {

@@ -46,7 +46,9 @@
 // CPU/req is the CPU time per request of every process on the path, each measured on its
 // own: the harness (the load generator; getrusage), the engine process, and the proxy process
 // (runtime serve; nginx's master and workers), from /proc. On a small shared machine it is
-// steadier than RPS, which follows whatever CPU the paths get. -cpuprofile profiles the
+// steadier than RPS, which follows whatever CPU the paths get. The machine's CPU time in each
+// window (/proc/stat: busy, idle, stolen by the hypervisor) shows how much of the CPUs a path
+// left unused. -cpuprofile profiles the
 // harness process only, that is the load generator: it shows what the load generator
 // costs, not the runtime, which is another process and serves no pprof endpoint (profile it
 // with perf -p PID, the PID printed under "processes").

@@ -98,3 +98,27 @@ func procCPU(pid string) (cpu time.Duration, ppid int, err error) {
 	}
 	return time.Duration(utime+stime) * time.Second / userHZ, ppid, nil
 }
+
+// machineCPU is the time all CPUs together have spent busy, idle and stolen so far, from
+// the cpu line of /proc/stat (in USER_HZ ticks: user nice system idle iowait irq softirq
+// steal ...).
+func machineCPU() (machineTimes, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineTimes{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return machineTimes{}, fmt.Errorf("/proc/stat: unexpected cpu line %q", line)
+	}
+	var t [8]time.Duration
+	for i := range t {
+		n, err := strconv.ParseInt(f[i+1], 10, 64)
+		if err != nil {
+			return machineTimes{}, fmt.Errorf("/proc/stat: %w", err)
+		}
+		t[i] = time.Duration(n) * time.Second / userHZ
+	}
+	return machineTimes{busy: t[0] + t[1] + t[2] + t[5] + t[6], idle: t[3] + t[4], steal: t[7]}, nil
+}

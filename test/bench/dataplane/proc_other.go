@@ -17,4 +17,6 @@ func selfCPU() (time.Duration, error) { return 0, errNoProcfs }
 
 func treeCPU(int) (time.Duration, error) { return 0, errNoProcfs }
 
+func machineCPU() (machineTimes, error) { return machineTimes{}, errNoProcfs }
+
 func childPIDs(int) []int { return nil }
