@@ -185,13 +185,15 @@ func (s *Server) serveModel(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, m, fail)
 }
 
-// writeJSON answers v, or fail when not nil.
+// writeJSON answers v, or fail when not nil. Neither is stored by caches: what a credential
+// may see changes with its ApiKey (as errors are not: apierror).
 func writeJSON(w http.ResponseWriter, v any, fail *Failure) {
 	if fail != nil {
 		fail.writeHTTP(w)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
 	_ = json.NewEncoder(w).Encode(v)
 }
 

@@ -166,6 +166,9 @@ func TestRefusalsAreOpenAIErrors(t *testing.T) {
 		if len(list.Data) != tc.want {
 			t.Errorf("models %v, want %d", list.Data, tc.want)
 		}
+		if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+			t.Errorf("models answered with Cache-Control %q, want no-store: the list follows the key's ApiKey", cc)
+		}
 	}
 	if r.engine.Stats().Requests != 0 {
 		t.Errorf("refused requests reached the engine: %+v", r.engine.Stats())
