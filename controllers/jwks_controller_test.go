@@ -165,12 +165,7 @@ func TestJWKSNotRewrittenByMoreModels(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "the new models' namespace reconciled", func() error {
-		if n := reconciles(t, "jwks"); n <= before {
-			return fmt.Errorf("%v JWKS reconciles, want more than %v", n, before)
-		}
-		return nil
-	})
+	reconciledSince(t, before, "the new models' namespace reconciled")
 	after := &corev1.ConfigMap{}
 	if err := get(after, ns, auth.JWKSConfigMapName); err != nil {
 		t.Fatal(err)
@@ -275,12 +270,7 @@ func TestUsageCAPublished(t *testing.T) {
 	if err := env.Client.Delete(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: testConfig.Namespace, Name: usage.CASecretName}}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the namespace reconciled after the CA Secret went", func() error {
-		if n := reconciles(t, "jwks"); n <= before {
-			return fmt.Errorf("%v JWKS reconciles, want more than %v", n, before)
-		}
-		return nil
-	})
+	reconciledSince(t, before, "the namespace reconciled after the CA Secret went")
 	cm := &corev1.ConfigMap{}
 	if err := get(cm, ns, auth.JWKSConfigMapName); err != nil {
 		t.Fatal(err)
@@ -364,4 +354,15 @@ func TestEndpointHost(t *testing.T) {
 		}
 	}
 
+}
+
+// reconciledSince waits for a JWKS reconcile after the count before (reconciles).
+func reconciledSince(t *testing.T, before float64, what string) {
+	t.Helper()
+	eventually(t, what, func() error {
+		if n := reconciles(t, "jwks"); n <= before {
+			return fmt.Errorf("%v JWKS reconciles, want more than %v", n, before)
+		}
+		return nil
+	})
 }

@@ -447,9 +447,8 @@ func (r *report) Print(w io.Writer) {
 		share := func(f func(loadResult) time.Duration) float64 {
 			return 100 * median(p.Rounds, func(r loadResult) float64 { return r.machineShare(f) })
 		}
-		path := func(r loadResult) time.Duration { return r.HarnessCPU + r.EngineCPU + r.ProxyCPU }
 		fmt.Fprintf(w, "  %-13s %.0f%% (%.0f%%) / %.0f%% / %.0f%%\n", p.Name,
-			share(func(r loadResult) time.Duration { return r.Machine.busy }), share(path),
+			share(func(r loadResult) time.Duration { return r.Machine.busy }), share(loadResult.pathCPU),
 			share(func(r loadResult) time.Duration { return r.Machine.idle }),
 			share(func(r loadResult) time.Duration { return r.Machine.steal }))
 	}

@@ -117,10 +117,11 @@ func (r loadResult) perRequest(d time.Duration) time.Duration {
 	return d / time.Duration(r.Requests)
 }
 
+// pathCPU is the CPU time of all the path's processes together in the window.
+func (r loadResult) pathCPU() time.Duration { return r.HarnessCPU + r.EngineCPU + r.ProxyCPU }
+
 // CPUPerRequest is the CPU time, all processes of the path together, per request.
-func (r loadResult) CPUPerRequest() time.Duration {
-	return r.perRequest(r.HarnessCPU + r.EngineCPU + r.ProxyCPU)
-}
+func (r loadResult) CPUPerRequest() time.Duration { return r.perRequest(r.pathCPU()) }
 
 func newTransport(conns int) *http.Transport {
 	return &http.Transport{
